@@ -1,0 +1,1 @@
+"""Editors as agents of the rledit_env environment."""

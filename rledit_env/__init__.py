@@ -1,0 +1,1 @@
+"""rledit_env: lifelong knowledge editing of language models as a Gymnasium environment."""

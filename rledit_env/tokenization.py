@@ -57,12 +57,15 @@ def encode_one(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int
     prompt = prompt.rstrip()
     answer = answer.strip()
     text = f"{prompt} {answer}"
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, return_special_tokens_mask=True)
     ids = list(enc["input_ids"])
     labels = []
     answer_start = len(prompt)  # the joining space belongs to the answer's first token
-    for token_id, (start, end) in zip(ids, enc["offset_mapping"], strict=True):
-        is_answer = end > answer_start and end > start  # special tokens have empty spans
+    for token_id, (start, end), special in zip(
+        ids, enc["offset_mapping"], enc["special_tokens_mask"], strict=True
+    ):
+        # A lone space token can have an empty span (trim_offsets): it counts by where it starts.
+        is_answer = not special and (end > answer_start or start >= answer_start)
         labels.append(token_id if is_answer else IGNORE_INDEX)
     if labels[0] != IGNORE_INDEX:
         raise ValueError(f"prompt {prompt!r} tokenised to nothing: an answer needs a prompt before it")

@@ -57,7 +57,9 @@ def encode_one(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int
     prompt = prompt.rstrip()
     answer = answer.strip()
     text = f"{prompt} {answer}"
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, return_special_tokens_mask=True)
+    enc = tokenizer(
+        text, return_offsets_mapping=True, add_special_tokens=True, return_special_tokens_mask=True
+    )
     ids = list(enc["input_ids"])
     labels = []
     answer_start = len(prompt)  # the joining space belongs to the answer's first token
@@ -100,7 +102,7 @@ def encode_batch(
 
 
 def subject_last_token_index(tokenizer, prompt: str, subject: str) -> int:
-    """Index (in ``encode_one``'s ids) of the last token of the last occurrence of ``subject`` in ``prompt``."""
+    """Index in ``encode_one``'s ids of the last token of the last ``subject`` in ``prompt``."""
     start = prompt.rfind(subject) if subject else -1
     if start < 0:
         raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")

@@ -1,0 +1,190 @@
+"""The agent API every editor follows.
+
+An agent is bound to an environment (as in stable-baselines3) because some editors need more than
+the observation (fine-tuning re-scores candidate updates, closed-form editors read the batch's
+subjects), and always through the environment's public surface. It works in a plain Gymnasium loop::
+
+    obs, info = env.reset(seed=0)
+    done = False
+    while not done:
+        obs, reward, done, truncated, info = env.step(agent.act(obs))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import torch
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is corrupt, of another agent, or made for another model or edit modules."""
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    """Hyperparameters shared by all agents; each agent extends it with its own."""
+
+    seed: int = 0
+
+
+class Callback:
+    """Hooks into ``learn`` (stable-baselines3 style). Return False from a hook to stop training."""
+
+    def on_training_start(self, agent: EditAgent) -> None:
+        pass
+
+    def on_episode_end(self, agent: EditAgent, episode: int, logs: dict[str, float]) -> bool:
+        return True
+
+    def on_training_end(self, agent: EditAgent) -> None:
+        pass
+
+
+def env_signature(env: gym.Env) -> dict[str, Any]:
+    """What a trained editor is tied to: the model and the edit modules' shapes."""
+    core = env.unwrapped
+    config = core.editable.model.config
+    return {
+        "model": getattr(config, "_name_or_path", "") or config.model_type,
+        "model_type": config.model_type,
+        "modules": {name: list(shape) for name, shape in core.editable.shapes.items()},
+        "action_type": core.action_type,
+    }
+
+
+class EditAgent(ABC):
+    """Base class of editors. Subclasses set ``Config`` and ``action_type`` and implement ``act``.
+
+    Trainable agents also implement ``learn``, ``state_dict`` and ``load_state_dict``.
+    """
+
+    Config: ClassVar[type[AgentConfig]] = AgentConfig
+    action_type: ClassVar[str] = "values"
+    name: ClassVar[str] = "agent"
+
+    def __init__(self, env: gym.Env, config: AgentConfig | None = None):
+        core = env.unwrapped
+        if core.action_type != self.action_type:
+            raise ValueError(
+                f"{type(self).__name__} acts through the {self.action_type!r} interface, but the environment "
+                f"was made with action_type={core.action_type!r}"
+            )
+        self.env = env
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.Config.__name__}, got {type(self.config).__name__}"
+            )
+
+    @property
+    def core(self):
+        """The unwrapped LifelongEditEnv."""
+        return self.env.unwrapped
+
+    @abstractmethod
+    def act(self, observation) -> Any:
+        """The action for the current batch of edits."""
+
+    def learn(
+        self,
+        episodes: int = 0,
+        *,
+        train_env: gym.Env | None = None,
+        callback: Callback | None = None,
+        progress_bar: bool = True,
+    ) -> EditAgent:
+        """Train (no-op for editors that need no training). Returns self."""
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise CheckpointError(
+                f"{type(self).__name__} has no trainable state, but the checkpoint has some"
+            )
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save(self, path: str | os.PathLike) -> None:
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "agent": type(self).__name__,
+                "config": dataclasses.asdict(self.config),
+                "env": env_signature(self.env),
+                "state": self.state_dict(),
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, env: gym.Env) -> EditAgent:
+        """Rebuild a saved agent for ``env``; refuses another agent, model or edit-module set."""
+        try:
+            payload = torch.load(path, map_location=env.unwrapped.editable.device, weights_only=False)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: not an rledit-env agent checkpoint")
+        if payload["agent"] != cls.__name__:
+            raise CheckpointError(f"{path}: a {payload['agent']} checkpoint, not {cls.__name__}")
+        expected, found = env_signature(env), payload["env"]
+        for key in ("model_type", "modules"):
+            if found.get(key) != expected[key]:
+                raise CheckpointError(
+                    f"{path}: made for {key} {found.get(key)!r}, but the environment has {expected[key]!r}"
+                )
+        agent = cls(env, cls.Config(**payload["config"]))
+        agent.load_state_dict(payload["state"])
+        return agent
+
+
+def run_episode(
+    env: gym.Env,
+    agent: EditAgent,
+    *,
+    seed: int | None = None,
+    options: dict | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Run one lifelong-editing episode; returns the final metrics, the curve and the editing time.
+
+    ``edit_time_s`` counts what editing costs: the agent's ``act``, the environment's update (ridge
+    solve and apply) and the tracing of keys and value gradients; not the reward's scoring or metrics.
+    """
+    core = env.unwrapped
+    core.timing = True  # the editing time below needs the environment's phase timings
+    obs, info = env.reset(seed=seed, options=options)
+    edit_time = info["time"]["trace"]
+    done, steps, total_reward = False, 0, 0.0
+    while not done:
+        start = time.perf_counter()
+        action = agent.act(obs)
+        edit_time += time.perf_counter() - start
+        obs, reward, terminated, truncated, info = env.step(action)
+        # editing = the agent's own work + applying its update + tracing the next batch; not scoring
+        edit_time += info["time"]["update"] + info["time"].get("trace", 0.0)
+        steps += 1
+        total_reward += reward
+        done = terminated or truncated
+        if on_step is not None:
+            on_step(info)
+    edits = steps * core.batch_size
+    return {
+        "metrics": info.get("metrics", {}),
+        "curve": info.get("curve", []),
+        "edits": edits,
+        "edit_time_s": edit_time,
+        "time_per_edit_s": edit_time / max(edits, 1),
+        "return": total_reward,
+    }

@@ -1,0 +1,591 @@
+"""Lifelong knowledge editing of a language model, as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from rledit_env.actions import InvalidActionError, check_module_dict, check_norms
+from rledit_env.editable import EditableModel, Trace, ridge_solve, stack_rows
+from rledit_env.episode import EncodedEdits
+from rledit_env.metrics import EpisodeEvaluator, perplexity
+from rledit_env.models import LoadedModel, load_model
+from rledit_env.records import EditRecord
+from rledit_env.sampler import EpisodeSampler
+from rledit_env.tokenization import encode_one
+
+ACTION_TYPES = ("values", "shift")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """RLEdit's reward (DESIGN.md section 2). ``backtrack_depth=1, decay=0`` is MALMEN's one-step loss."""
+
+    backtrack_depth: int = 10
+    decay: float = 0.95
+    loc_coef: float = 0.6
+    reg_coef: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.backtrack_depth < 1:
+            raise ValueError(f"backtrack_depth must be >= 1, got {self.backtrack_depth}")
+        if not 0 <= self.decay <= 1:
+            raise ValueError(f"decay must be in [0, 1], got {self.decay}")
+        if self.loc_coef < 0 or self.reg_coef < 0:
+            raise ValueError("loc_coef and reg_coef must be >= 0")
+
+
+class LifelongEditEnv(gym.Env):
+    """
+    ## Description
+
+    An agent edits a language model, batch after batch, in a *knowledge sequence*: T batches of n edit
+    requests ("T x n"), all applied to the same model, which keeps every earlier edit. This is the MDP
+    of RLEdit (Li et al., ICML 2025): the agent's action is a weight update for the edit modules (a few
+    MLP projections), and its reward is the negative editing loss of the current and the last k-1
+    batches (memory backtracking), with a locality term and a regulariser.
+
+    ## Action Space
+
+    Set by ``action_type``. Modules are named by their path (``env.unwrapped.module_names``); d_in and
+    d_out are a module's input and output sizes, N = ``max_tokens``.
+
+    | action_type | action                                                                           |
+    |-------------|----------------------------------------------------------------------------------|
+    | "values"    | ``{"values": {module: (N, d_out)}, "log_lambda": {module: (1,)}}``: per-token value |
+    |             | differences V; the environment solves dW = argmin ||U dW - V||^2 + lambda ||dW||^2   |
+    |             | with the observed keys U (MALMEN's and RLEdit's interface). ``log_lambda`` may be   |
+    |             | left out (then ``ridge_lambda``); rows where ``mask`` is 0 are ignored.            |
+    | "shift"     | ``{module: (d_in, d_out)}``: the update dW itself (W <- W + dW, in (d_in, d_out)    |
+    |             | layout whatever the layer stores).                                                |
+
+    numpy arrays or torch tensors (any float dtype, any device) are accepted. An action with missing or
+    extra modules, a wrong shape, a non-float dtype, NaN or inf, or a module update whose Frobenius
+    norm exceeds ``max_update_norm`` raises ``InvalidActionError`` and leaves every weight bitwise
+    unchanged.
+
+    ## Observation Space
+
+    A ``Dict`` describing batch K_t at the current weights theta_{t-1}, from one forward and backward
+    pass of its edit loss (cross-entropy of the new answers on the edit prompts), read at the answer
+    tokens only:
+
+    | key            | shape                         | meaning                                              |
+    |----------------|-------------------------------|------------------------------------------------------|
+    | "keys"         | {module: (N, d_in)} float32   | the module's input u at each answer token            |
+    | "value_grads"  | {module: (N, d_out)} float32  | dLoss/d(module output) delta at each answer token    |
+    | "mask"         | (N,) int8                     | 1 for real tokens, 0 for padding                     |
+    | "edit_index"   | (N,) int64                    | which edit of the batch a token belongs to, -1 pad   |
+    | "step"         | (1,) float32                  | t, the number of batches already edited              |
+    | "edit_loss"    | (1,) float32                  | K_t's edit loss at theta_{t-1}                       |
+
+    The plain gradient of a module's weight is ``keys.T @ value_grads``. With ``obs_backend="torch"``
+    the same structure holds torch tensors on the model's device (no host copies).
+
+    ## Rewards
+
+        r_t = -[ sum_{j<k} decay^j (L_gen(theta_t; K_{t-j}) + loc_coef * L_loc(theta_t; K_{t-j}))
+                 + reg_coef * sum_m ||dW_t^m||^2 ]
+
+    L_gen is the mean answer-token cross-entropy of the new answers on the edit and paraphrase prompts;
+    L_loc the mean KL divergence, at the locality answers' tokens, from the model before this step's
+    update to the model after it; k = ``backtrack_depth``. With ``differentiable=True``,
+    ``info["loss"]`` is -r_t as a torch scalar attached to the action's graph (``loss.backward()``
+    reaches the action), the analytic policy gradient RLEdit trains with.
+
+    ## Starting State
+
+    The model's original weights (restored bitwise on every reset, from a snapshot of the edit modules)
+    and a knowledge sequence of T x n records drawn without replacement from the split, seeded by
+    ``reset(seed=...)``. ``options={"records": [...]}`` (T x n EditRecords) or
+    ``options={"indices": [...]}`` (into the split) pins the episode.
+
+    ## Episode End
+
+    Terminates after T steps; ``truncated`` is only set by a TimeLimit wrapper. Calling ``step`` before
+    ``reset`` or after the end raises ``RuntimeError``.
+
+    ## Info
+
+    ``losses`` (gen, loc, backtrack, reg, total), ``edits`` (edits made so far), and with ``timing=True``
+    ``time``: seconds spent validating and applying the update ("update"; includes the ridge solve),
+    scoring the reward ("score"), computing metrics ("metrics") and tracing the next batch ("trace").
+    Editing time proper is update + trace (an editor needs the keys and value gradients).
+    ``metrics`` (eff/gen/spe, their token-accuracy and probability variants, ppl) over all edits
+    so far at the end of the episode and every ``metrics_every`` steps, whose history is ``curve``.
+
+    ## Arguments
+
+    | argument          | default       | meaning                                                            |
+    |-------------------|---------------|--------------------------------------------------------------------|
+    | model             | "tinyworld"   | a registered name ("tinyworld", "tinyworld-tiny", ...), a hub id,  |
+    |                   |               | a local directory, an ``EditableModel`` or a ``LoadedModel``       |
+    | dataset           | None          | None (the model's own records), a path or known name, or records   |
+    | split             | "eval"        | which of the model's own splits to draw from                       |
+    | num_batches       | 20            | T                                                                  |
+    | batch_size        | 10            | n                                                                  |
+    | edit_modules      | None          | module names or a preset name; None: the architecture's preset     |
+    | action_type       | "values"      | "values" or "shift"                                                |
+    | backtrack_depth   | 10            | k                                                                  |
+    | decay             | 0.95          | mu                                                                 |
+    | loc_coef          | 0.6           | c_loc                                                              |
+    | reg_coef          | 1e-4          | eta_reg                                                            |
+    | ridge_lambda      | 1.0           | lambda when the action carries no log_lambda                       |
+    | max_update_norm   | None          | refuse module updates above this Frobenius norm                    |
+    | differentiable    | False         | return the loss as a torch tensor in ``info["loss"]``              |
+    | obs_backend       | "numpy"       | "numpy" or "torch"                                                 |
+    | metrics_every     | 0             | compute metrics every this many steps (0: only at the end)         |
+    | evaluate_at_end   | True          | compute metrics when the episode ends                              |
+    | probe_texts       | None          | texts for the perplexity probe (default: the model's own, if any)  |
+    | max_tokens        | None          | N; default: n x the longest answer in the split                    |
+    | device, dtype     | None          | where and in which precision to load a named model                 |
+    | timing            | False         | put wall times by phase in ``info["time"]``                        |
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        model: str | EditableModel | LoadedModel = "tinyworld",
+        dataset: str | Sequence[EditRecord] | None = None,
+        *,
+        split: str = "eval",
+        num_batches: int = 20,
+        batch_size: int = 10,
+        edit_modules=None,
+        action_type: str = "values",
+        backtrack_depth: int = 10,
+        decay: float = 0.95,
+        loc_coef: float = 0.6,
+        reg_coef: float = 1e-4,
+        ridge_lambda: float = 1.0,
+        max_update_norm: float | None = None,
+        differentiable: bool = False,
+        obs_backend: str = "numpy",
+        metrics_every: int = 0,
+        evaluate_at_end: bool = True,
+        probe_texts: Sequence[str] | None = None,
+        max_tokens: int | None = None,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        eval_batch_size: int = 64,
+        timing: bool = False,
+        render_mode: str | None = None,
+    ):
+        if action_type not in ACTION_TYPES:
+            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {action_type!r}")
+        if obs_backend not in ("numpy", "torch"):
+            raise ValueError(f"obs_backend must be 'numpy' or 'torch', got {obs_backend!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
+        if num_batches < 1 or batch_size < 1:
+            raise ValueError("num_batches and batch_size must be >= 1")
+        self.reward_config = RewardConfig(backtrack_depth, decay, loc_coef, reg_coef)
+        self.num_batches, self.batch_size = num_batches, batch_size
+        self.action_type, self.obs_backend = action_type, obs_backend
+        self.ridge_lambda, self.max_update_norm = ridge_lambda, max_update_norm
+        self.differentiable = differentiable
+        self.metrics_every, self.evaluate_at_end = metrics_every, evaluate_at_end
+        self.render_mode = render_mode
+        self.timing = timing
+
+        loaded = self._load(model, edit_modules, device, dtype, eval_batch_size)
+        self.editable: EditableModel = loaded.editable
+        self.records = self._resolve_records(loaded, dataset, split)
+        self.probe_texts = list(probe_texts) if probe_texts is not None else loaded.probe_texts[:256]
+        self.sampler = EpisodeSampler(self.records, num_batches, batch_size)
+        self.max_tokens = max_tokens or batch_size * self._longest_answer(self.records)
+        self._initial_weights = self.editable.snapshot()
+
+        shapes = self.editable.shapes
+        self.module_names = list(shapes)
+        n = self.max_tokens
+        unbounded = {"low": -np.inf, "high": np.inf, "dtype": np.float32}
+        self.observation_space = spaces.Dict(
+            {
+                "keys": spaces.Dict(
+                    {m: spaces.Box(shape=(n, d_in), **unbounded) for m, (d_in, _) in shapes.items()}
+                ),
+                "value_grads": spaces.Dict(
+                    {m: spaces.Box(shape=(n, d_out), **unbounded) for m, (_, d_out) in shapes.items()}
+                ),
+                "mask": spaces.MultiBinary(n),
+                "edit_index": spaces.Box(low=-1, high=batch_size - 1, shape=(n,), dtype=np.int64),
+                "step": spaces.Box(low=0, high=num_batches, shape=(1,), dtype=np.float32),
+                "edit_loss": spaces.Box(low=0, high=np.inf, shape=(1,), dtype=np.float32),
+            }
+        )
+        if action_type == "shift":
+            self.action_space = spaces.Dict({m: spaces.Box(shape=s, **unbounded) for m, s in shapes.items()})
+        else:
+            self.action_space = spaces.Dict(
+                {
+                    "values": spaces.Dict(
+                        {m: spaces.Box(shape=(n, d_out), **unbounded) for m, (_, d_out) in shapes.items()}
+                    ),
+                    "log_lambda": spaces.Dict(
+                        {m: spaces.Box(low=-10, high=10, shape=(1,), dtype=np.float32) for m in shapes}
+                    ),
+                }
+            )
+        self._t: int | None = None  # None: not reset yet
+
+    # ------------------------------------------------------------------------------ construction
+    @staticmethod
+    def _load(model, edit_modules, device, dtype, eval_batch_size) -> LoadedModel:
+        if isinstance(model, LoadedModel):
+            return model
+        if isinstance(model, EditableModel):
+            return LoadedModel(model)
+        if isinstance(model, str):
+            return load_model(
+                model, edit_modules, device=device, dtype=dtype, eval_batch_size=eval_batch_size
+            )
+        raise TypeError(
+            f"model must be a name, a path, an EditableModel or a LoadedModel, not {type(model).__name__}"
+        )
+
+    @staticmethod
+    def _resolve_records(loaded: LoadedModel, dataset, split: str) -> list[EditRecord]:
+        if dataset is None:
+            if not loaded.splits:
+                raise ValueError(
+                    "this model has no records of its own: pass dataset= (a path, a name or records)"
+                )
+            if split not in loaded.splits:
+                raise ValueError(f"unknown split {split!r}; this model has {sorted(loaded.splits)}")
+            return loaded.splits[split]
+        if isinstance(dataset, str):
+            from rledit_env.datasets import load_dataset
+
+            return load_dataset(dataset)
+        records = list(dataset)
+        bad = [i for i, r in enumerate(records) if not isinstance(r, EditRecord)]
+        if bad:
+            raise TypeError(f"dataset item {bad[0]} is a {type(records[bad[0]]).__name__}, not an EditRecord")
+        return records
+
+    def _longest_answer(self, records: Sequence[EditRecord]) -> int:
+        tok = self.editable.tokenizer
+        return max(
+            sum(label != -100 for label in encode_one(tok, r.prompt, r.target_new)[1]) for r in records
+        )
+
+    # ------------------------------------------------------------------------------ public surface
+    @property
+    def current_records(self) -> list[EditRecord]:
+        """The batch K_t the next action edits (closed-form editors read subjects from it)."""
+        self._require_running()
+        return self._batches[self._t].records
+
+    @property
+    def episode(self) -> list[list[EditRecord]]:
+        """The whole knowledge sequence of the current episode."""
+        self._require_running(allow_done=True)
+        return [b.records for b in self._batches]
+
+    @property
+    def current_trace(self) -> Trace:
+        """Keys and value gradients of K_t at the current weights, as torch tensors (unpadded)."""
+        self._require_running()
+        return self._trace
+
+    def updates_from_action(self, action) -> dict[str, torch.Tensor]:
+        """Validate an action and turn it into fp32 updates dW (d_in, d_out) on the model's device."""
+        self._require_running()
+        device = self.editable.device
+        if self.action_type == "shift":
+            updates = check_module_dict(action, self.editable.shapes, "action", device)
+        else:
+            if not isinstance(action, Mapping) or "values" not in action:
+                raise InvalidActionError(
+                    "action: expected a dict with 'values' (and optionally 'log_lambda')"
+                )
+            extra = sorted(set(action) - {"values", "log_lambda"})
+            if extra:
+                raise InvalidActionError(f"action: unexpected keys {extra}")
+            d_outs = {m: (self.max_tokens, d_out) for m, (_, d_out) in self.editable.shapes.items()}
+            values = check_module_dict(action["values"], d_outs, "action['values']", device)
+            if "log_lambda" in action:
+                shapes = {m: (1,) for m in self.module_names}
+                log_lam = check_module_dict(action["log_lambda"], shapes, "action['log_lambda']", device)
+                lambdas = {m: log_lam[m].exp().squeeze(0) for m in self.module_names}
+            else:
+                lambdas = {m: self.ridge_lambda for m in self.module_names}
+            count = self._trace.rows.numel()
+            updates = {
+                m: ridge_solve(self._trace.keys[m], values[m][:count], lambdas[m]) for m in self.module_names
+            }
+            bad = [m for m, d in updates.items() if not bool(torch.isfinite(d).all())]
+            if bad:
+                raise InvalidActionError(f"the ridge solve for {bad} gave NaN or inf (lambda too small?)")
+        check_norms(updates, self.max_update_norm)
+        return updates
+
+    def candidate_losses(self, updates: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reward's loss terms under candidate updates, without committing them.
+
+        Differentiable in ``updates``. Agents use it to take several gradient steps (fine-tuning) or
+        to evaluate a proposal; ``step`` uses it for the reward.
+        """
+        self._require_running()
+        terms = self._loss_terms(updates, self._window(), self._references(), functional=True)
+        terms.pop("_loc_logprobs")
+        return terms
+
+    # ------------------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.editable.restore(self._initial_weights)
+        records = self._episode_records(options or {})
+        n = self.batch_size
+        tok = self.editable.tokenizer
+        self._batches = [EncodedEdits.build(tok, records[i : i + n]) for i in range(0, len(records), n)]
+        self._evaluator = (
+            EpisodeEvaluator(self.editable, records) if (self.evaluate_at_end or self.metrics_every) else None
+        )
+        self._loc_refs: dict[int, torch.Tensor] = {}  # batch -> locality log-probs at the current weights
+        self._curve: list[dict] = []
+        self._t = 0
+        start = time.perf_counter()
+        self._trace = self._trace_batch(0)
+        info = {"step": 0, "edits": 0}
+        if self.timing:
+            info["time"] = {"trace": time.perf_counter() - start}
+        return self._observation(), info
+
+    def step(self, action):
+        self._require_running()
+        clock = _Clock()
+        t = self._t
+        with clock("update"):
+            updates = self.updates_from_action(action)
+        with clock("score"):
+            window = self._window()
+            refs = self._references()
+        if self.differentiable:  # score theta_{t-1} + dW functionally, so the loss reaches the action
+            with clock("score"):
+                terms = self._loss_terms(updates, window, refs, functional=True)
+            with clock("update"):
+                self.editable.apply_updates(updates)
+        else:
+            with clock("update"):
+                self.editable.apply_updates(updates)
+            with clock("score"), torch.no_grad():
+                terms = self._loss_terms(updates, window, refs, functional=False)
+        self._loc_refs = {b: lp.detach() for b, lp in terms.pop("_loc_logprobs").items()}
+        total = terms["total"]
+        self._t = t + 1
+        terminated = self._t == self.num_batches
+        info: dict = {
+            "step": self._t,
+            "edits": self._t * self.batch_size,
+            "losses": {k: float(v) for k, v in terms.items()},
+        }
+        if self.differentiable:
+            info["loss"] = total
+        due = self.metrics_every and self._t % self.metrics_every == 0
+        if self._evaluator is not None and (due or (terminated and self.evaluate_at_end)):
+            with clock("metrics"):
+                info["metrics"] = self._metrics()
+        if terminated:
+            info["curve"] = list(self._curve)
+        else:
+            with clock("trace"):
+                self._trace = self._trace_batch(self._t)
+        if self.timing:  # off by default: wall times differ between runs, and check_env compares infos
+            info["time"] = dict(clock.totals)
+        self._last_info = info
+        return self._observation(), -float(total), terminated, False, info
+
+    def render(self):
+        if self.render_mode != "ansi":
+            return None
+        if self._t is None:
+            return "LifelongEditEnv: not reset"
+        info = getattr(self, "_last_info", {})
+        losses = " ".join(f"{k}={v:.4f}" for k, v in info.get("losses", {}).items())
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in info.get("metrics", {}).items())
+        return (
+            f"step {self._t}/{self.num_batches} edits {self._t * self.batch_size} {losses} {metrics}".strip()
+        )
+
+    def close(self):
+        if self._t is not None:
+            self.editable.restore(self._initial_weights)
+
+    # ------------------------------------------------------------------------------ internals
+    def _require_running(self, allow_done: bool = False) -> None:
+        if self._t is None:
+            raise RuntimeError("call reset() before step()")
+        if self._t >= self.num_batches and not allow_done:
+            raise RuntimeError(f"the episode ended after {self.num_batches} steps; call reset()")
+
+    def _episode_records(self, options: dict) -> list[EditRecord]:
+        if "records" in options:
+            records = list(options["records"])
+            expected = self.num_batches * self.batch_size
+            if len(records) != expected or not all(isinstance(r, EditRecord) for r in records):
+                raise ValueError(
+                    f"options['records'] must be {expected} EditRecords (T x n), got {len(records)}"
+                )
+            for r in records:  # the observation space has room for max_tokens answer tokens per batch
+                if self.batch_size * self._longest_answer([r]) > self.max_tokens:
+                    raise ValueError(f"record {r.prompt!r} has an answer longer than max_tokens allows")
+            return records
+        if "indices" in options:
+            batches = self.sampler.from_indices(options["indices"])
+        else:
+            batches = self.sampler.sample(self.np_random)
+        return [r for batch in batches for r in batch]
+
+    def _trace_batch(self, index: int) -> Trace:
+        trace = self.editable.trace(self._batches[index].edit.batch)
+        if trace.rows.numel() > self.max_tokens:
+            raise ValueError(
+                f"batch {index} has {trace.rows.numel()} answer tokens, above max_tokens={self.max_tokens}"
+            )
+        return trace
+
+    def _observation(self) -> dict:
+        n, device = self.max_tokens, self.editable.device
+        done = self._t >= self.num_batches
+        count = 0 if done else self._trace.rows.numel()
+
+        def padded(tensor: torch.Tensor | None, width: int) -> torch.Tensor:
+            out = torch.zeros(n, width, dtype=torch.float32, device=device)
+            if tensor is not None:
+                out[:count] = tensor
+            return out
+
+        shapes = self.editable.shapes
+        edit_index = torch.full((n,), -1, dtype=torch.int64, device=device)
+        if count:
+            edit_index[:count] = self._trace.rows.to(device)
+        obs = {
+            "keys": {
+                m: padded(None if done else self._trace.keys[m], d_in) for m, (d_in, _) in shapes.items()
+            },
+            "value_grads": {
+                m: padded(None if done else self._trace.value_grads[m], d_out)
+                for m, (_, d_out) in shapes.items()
+            },
+            "mask": (edit_index >= 0).to(torch.int8),
+            "edit_index": edit_index,
+            "step": torch.tensor([float(self._t)], device=device),
+            "edit_loss": torch.tensor([0.0 if done else self._trace.loss], device=device),
+        }
+        if self.obs_backend == "torch":
+            return obs
+        return _to_numpy(obs)
+
+    def _window(self) -> list[int]:
+        """Batches scored by the reward at this step, newest first: t, t-1, ..., t-k+1."""
+        k = self.reward_config.backtrack_depth
+        return list(range(self._t, max(self._t - k, -1), -1))
+
+    @torch.no_grad()
+    def _references(self) -> dict[int, torch.Tensor]:
+        """Locality log-probs of the window's batches at the weights before this step's update.
+
+        Older batches reuse what the previous step computed after its update (the same weights); only
+        the new batch is scored here.
+        """
+        refs = dict(self._loc_refs)
+        batch = self._batches[self._t]
+        if self._t not in refs and len(batch.loc):
+            refs[self._t] = torch.log_softmax(self.editable.target_logits(batch.loc.batch).logits, -1)
+        return refs
+
+    def _loss_terms(self, updates, window: list[int], refs, functional: bool) -> dict:
+        """Reward terms for ``updates``: scored at theta_{t-1} + updates when ``functional``, else at the
+        current weights (which already include them)."""
+        cfg = self.reward_config
+        gen_sets = [self._batches[b].gen for b in window]
+        loc_sets = [self._batches[b].loc for b in window if len(self._batches[b].loc)]
+        stacked = stack_rows([s.batch for s in gen_sets] + [s.batch for s in loc_sets])
+        target = self.editable.target_logits(stacked, updates if functional else None)
+        row_nll = target.nll()
+        gen_losses, offset = [], 0
+        for s in gen_sets:
+            gen_losses.append(row_nll[offset : offset + len(s)].mean())
+            offset += len(s)
+        loc_losses: dict[int, torch.Tensor] = {}
+        loc_logprobs: dict[int, torch.Tensor] = {}
+        token_rows = target.rows
+        for b in window:
+            loc = self._batches[b].loc
+            if not len(loc):
+                continue
+            in_batch = (token_rows >= offset) & (token_rows < offset + len(loc))
+            logprobs = torch.log_softmax(target.logits[in_batch], -1)
+            ref = refs[b]
+            kl = (ref.exp() * (ref - logprobs)).sum(-1)
+            per_row = torch.zeros(len(loc), device=kl.device).index_add(0, token_rows[in_batch] - offset, kl)
+            counts = torch.bincount(token_rows[in_batch] - offset, minlength=len(loc)).clamp(min=1)
+            loc_losses[b] = (per_row / counts).mean()
+            loc_logprobs[b] = logprobs
+            offset += len(loc)
+        zero = row_nll.new_zeros(())
+        per_batch = [
+            gen + cfg.loc_coef * loc_losses.get(b, zero) for b, gen in zip(window, gen_losses, strict=True)
+        ]
+        weights = [cfg.decay**j for j in range(len(window))]
+        reg = sum((d.float().pow(2).sum() for d in updates.values()), zero)
+        backtrack = sum((w * x for w, x in zip(weights[1:], per_batch[1:], strict=True)), zero)
+        total = per_batch[0] + backtrack + cfg.reg_coef * reg
+        return {
+            "gen": gen_losses[0],
+            "loc": loc_losses.get(window[0], zero),
+            "backtrack": backtrack,
+            "reg": reg,
+            "total": total,
+            "_loc_logprobs": loc_logprobs,
+        }
+
+    def _metrics(self) -> dict[str, float]:
+        metrics = self._evaluator.evaluate(self._t * self.batch_size)
+        if self.probe_texts:
+            metrics["ppl"] = perplexity(self.editable, self.probe_texts)
+        self._curve.append({"step": self._t, **metrics})
+        return metrics
+
+    def config(self) -> dict:
+        """The environment's settings, for results files."""
+        return {
+            "num_batches": self.num_batches,
+            "batch_size": self.batch_size,
+            "action_type": self.action_type,
+            "edit_modules": self.module_names,
+            "max_tokens": self.max_tokens,
+            "ridge_lambda": self.ridge_lambda,
+            **asdict(self.reward_config),
+        }
+
+
+class _Clock:
+    """Accumulates wall time per phase: ``with clock("name"): ...``."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
+
+
+def _to_numpy(obs):
+    if isinstance(obs, dict):
+        return {k: _to_numpy(v) for k, v in obs.items()}
+    return obs.detach().cpu().numpy()

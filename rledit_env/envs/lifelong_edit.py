@@ -199,7 +199,10 @@ class LifelongEditEnv(gym.Env):
         loaded = self._load(model, edit_modules, device, dtype, eval_batch_size)
         self.editable: EditableModel = loaded.editable
         self.records = self._resolve_records(loaded, dataset, split)
+        self.splits = loaded.splits  # the model's own splits (TinyWorld), e.g. for a training env
         self.probe_texts = list(probe_texts) if probe_texts is not None else loaded.probe_texts[:256]
+        # all of the model's general text (probe_texts keeps a slice): closed-form editors' key statistics
+        self.general_texts = list(loaded.probe_texts) or list(self.probe_texts)
         self.sampler = EpisodeSampler(self.records, num_batches, batch_size)
         self.max_tokens = max_tokens or batch_size * self._longest_answer(self.records)
         self._initial_weights = self.editable.snapshot()
@@ -387,7 +390,7 @@ class LifelongEditEnv(gym.Env):
         info: dict = {
             "step": self._t,
             "edits": self._t * self.batch_size,
-            "losses": {k: float(v) for k, v in terms.items()},
+            "losses": {k: float(v.detach()) for k, v in terms.items()},
         }
         if self.differentiable:
             info["loss"] = total

@@ -1,0 +1,46 @@
+"""Small shared pieces for the tests."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from rledit_env.envs import LifelongEditEnv
+from rledit_env.models import LoadedModel, load_model
+
+TINY_MODELS = ("tinyworld-tiny", "tinyworld-tiny-gpt2")
+
+
+@functools.cache
+def _loaded(name: str) -> LoadedModel:
+    return load_model(name)
+
+
+def tiny_env(name: str = "tinyworld-tiny", **kwargs) -> LifelongEditEnv:
+    """An environment on a tiny TinyWorld model, loaded once per test session and restored per env."""
+    loaded = _loaded(name)
+    loaded.editable.restore(_pristine(name))
+    kwargs.setdefault("num_batches", 4)
+    kwargs.setdefault("batch_size", 4)
+    return LifelongEditEnv(loaded, **kwargs)
+
+
+@functools.cache
+def _pristine(name: str) -> dict[str, torch.Tensor]:
+    return _loaded(name).editable.snapshot()
+
+
+def gradient_action(env: LifelongEditEnv, obs, lr: float) -> dict:
+    """One plain gradient-descent step on the edit loss: dW = -lr * U^T D (the shift interface)."""
+    return {m: -lr * obs["keys"][m].T @ obs["value_grads"][m] for m in env.module_names}
+
+
+def model_state(env: LifelongEditEnv) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in env.editable.model.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"parameter {k} changed"

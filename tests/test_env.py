@@ -1,0 +1,277 @@
+"""LifelongEditEnv: the Gymnasium contract, the MDP, and refusal of bad actions."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from helpers import TINY_MODELS, assert_same_state, gradient_action, model_state, tiny_env
+
+import rledit_env  # noqa: F401  (registers the environments)
+from rledit_env import InvalidActionError
+
+
+@pytest.mark.parametrize("action_type", ["values", "shift"])
+def test_check_env_passes(action_type):
+    env = tiny_env(action_type=action_type, num_batches=3, batch_size=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unbounded Boxes are intended: updates have no natural range
+        check_env(env, skip_render_check=True)
+
+
+@pytest.mark.slow
+def test_make_with_no_arguments_gives_a_tinyworld_episode():
+    env = gym.make("rledit_env/LifelongEdit-v0")
+    obs, info = env.reset(seed=0)
+    assert env.unwrapped.num_batches == 20 and env.unwrapped.batch_size == 10
+    assert all(r.case_id.startswith("tinyworld-eval") for r in env.unwrapped.current_records)
+    assert obs["mask"].sum() > 0
+
+
+def test_make_forwards_arguments():
+    env = gym.make("rledit_env/LifelongEdit-v0", model="tinyworld-tiny", num_batches=2, batch_size=3)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert env.unwrapped.num_batches == 2
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_gradient_action_raises_efficacy_and_reward(name):
+    """A hand-written gradient step (from the observed keys and value gradients) beats doing nothing."""
+    results = {}
+    for lr in (0.0, 1.0):
+        env = tiny_env(name, action_type="shift", num_batches=3, batch_size=4)
+        obs, _ = env.reset(seed=3)
+        rewards = []
+        done = False
+        while not done:
+            obs, reward, done, _, info = env.step(gradient_action(env, obs, lr))
+            rewards.append(reward)
+        results[lr] = (info["metrics"], rewards)
+    (m0, r0), (m1, r1) = results[0.0], results[1.0]
+    assert m1["eff"] > m0["eff"] + 0.2  # P(new) > P(true) for a fifth more of the edits
+    assert m1["eff_acc"] > m0["eff_acc"]
+    assert r1[0] > r0[0]  # the first step's reward: gen loss falls
+    assert sum(r1) > sum(r0)
+
+
+def test_values_interface_solves_the_ridge_problem():
+    """Value differences pointing down the value gradient lower the edit loss through the env's solve."""
+    env = tiny_env(action_type="values", num_batches=2, batch_size=4)
+    obs, _ = env.reset(seed=1)
+    zero = {"values": {m: np.zeros_like(obs["value_grads"][m]) for m in env.module_names}}
+    loss_zero = float(env.candidate_losses(env.updates_from_action(zero))["gen"])
+    action = {"values": {m: -5.0 * obs["value_grads"][m] * obs["mask"][:, None] for m in env.module_names}}
+    loss_edit = float(env.candidate_losses(env.updates_from_action(action))["gen"])
+    assert loss_edit < loss_zero - 1e-3
+    # log_lambda takes effect: a huge ridge penalty gives an almost-zero update
+    action["log_lambda"] = {m: np.array([9.0], dtype=np.float32) for m in env.module_names}
+    tiny = env.updates_from_action(action)
+    assert all(float(d.norm()) < 1e-2 for d in tiny.values())
+
+
+def test_reset_after_50_steps_restores_weights_bitwise():
+    env = tiny_env(
+        action_type="shift", num_batches=50, batch_size=1, evaluate_at_end=False, backtrack_depth=2
+    )
+    before = model_state(env)
+    obs, _ = env.reset(seed=0)
+    for _ in range(50):
+        obs, *_ = env.step(gradient_action(env, obs, 1.0))
+    changed = any(not torch.equal(before[k], v) for k, v in env.editable.model.state_dict().items())
+    assert changed
+    env.reset(seed=1)
+    assert_same_state(before, model_state(env))
+
+
+def test_same_seed_same_episode_and_metrics():
+    runs = []
+    for _ in range(2):
+        env = tiny_env(action_type="shift", num_batches=3, batch_size=3, metrics_every=1)
+        obs, _ = env.reset(seed=7)
+        episode = [[r.case_id for r in b] for b in env.episode]
+        done = False
+        while not done:
+            obs, reward, done, _, info = env.step(gradient_action(env, obs, 1.0))
+        runs.append((episode, info["curve"], reward))
+    assert runs[0] == runs[1]
+    other = tiny_env(num_batches=3, batch_size=3)
+    other.reset(seed=8)
+    assert [[r.case_id for r in b] for b in other.episode] != runs[0][0]
+
+
+def test_metrics_curve_every_k_steps_and_at_the_end():
+    env = tiny_env(action_type="shift", num_batches=4, batch_size=2, metrics_every=2)
+    obs, _ = env.reset(seed=0)
+    infos = []
+    for _ in range(4):
+        obs, _, done, _, info = env.step(gradient_action(env, obs, 1.0))
+        infos.append(info)
+    assert ["metrics" in i for i in infos] == [False, True, False, True]
+    curve = infos[-1]["curve"]
+    assert [c["step"] for c in curve] == [2, 4] and [c["edits"] for c in curve] == [4, 8]
+    for key in (
+        "eff",
+        "gen",
+        "spe",
+        "eff_acc",
+        "gen_acc",
+        "spe_acc",
+        "eff_prob",
+        "gen_prob",
+        "spe_prob",
+        "ppl",
+    ):
+        assert key in curve[-1]
+    assert all(0 <= curve[-1][k] <= 1 for k in ("eff", "gen", "spe", "spe_acc"))
+
+
+def test_unedited_model_has_perfect_token_specificity():
+    env = tiny_env(action_type="shift", num_batches=2, batch_size=3)
+    obs, _ = env.reset(seed=0)
+    for _ in range(2):
+        obs, _, done, _, info = env.step(gradient_action(env, obs, 0.0))
+    assert info["metrics"]["spe_acc"] == 1.0
+    assert info["metrics"]["eff_prob"] < 0.5  # TinyWorld's model knows the true answers
+
+
+def _bad_shift_actions(env, obs):
+    good = gradient_action(env, obs, 1.0)
+    first = env.module_names[0]
+    nan = dict(good)
+    nan[first] = good[first].copy()
+    nan[first][0, 0] = np.nan
+    inf = dict(good)
+    inf[first] = good[first].copy()
+    inf[first][1, 1] = np.inf
+    return {
+        "missing module": {k: v for k, v in good.items() if k != first},
+        "extra module": {**good, "model.lm_head": good[first]},
+        "wrong shape": {**good, first: good[first].T},
+        "integer dtype": {**good, first: good[first].astype(np.int64)},
+        "not an array": {**good, first: good[first].tolist()},
+        "NaN": nan,
+        "inf": inf,
+        "over the norm bound": {**good, first: good[first] * 0 + 1e3},
+        "not a dict": [good[first]],
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing module",
+        "extra module",
+        "wrong shape",
+        "integer dtype",
+        "not an array",
+        "NaN",
+        "inf",
+        "over the norm bound",
+        "not a dict",
+    ],
+)
+def test_bad_shift_action_is_refused_with_weights_unchanged(kind):
+    env = tiny_env(action_type="shift", max_update_norm=100.0)
+    obs, _ = env.reset(seed=0)
+    before = model_state(env)
+    with pytest.raises(InvalidActionError):
+        env.step(_bad_shift_actions(env, obs)[kind])
+    assert_same_state(before, model_state(env))
+    env.step(gradient_action(env, obs, 0.1))  # the episode goes on after a refusal
+
+
+def test_bad_values_action_is_refused_with_weights_unchanged():
+    env = tiny_env(action_type="values")
+    obs, _ = env.reset(seed=0)
+    before = model_state(env)
+    values = {m: np.zeros_like(v) for m, v in obs["value_grads"].items()}
+    first = env.module_names[0]
+    bad = [
+        values,  # not wrapped in {"values": ...}
+        {"values": values, "extra": 1},
+        {"values": {**values, first: values[first][:-1]}},
+        {"values": values, "log_lambda": {m: np.array([np.nan], dtype=np.float32) for m in values}},
+        {"values": values, "log_lambda": {first: np.zeros(1, dtype=np.float32)}},
+    ]
+    for action in bad:
+        with pytest.raises(InvalidActionError):
+            env.step(action)
+    assert_same_state(before, model_state(env))
+
+
+def test_step_before_reset_and_after_end_raise():
+    env = tiny_env(action_type="shift", num_batches=1, batch_size=2)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step({})
+    obs, _ = env.reset(seed=0)
+    env.step(gradient_action(env, obs, 0.0))
+    with pytest.raises(RuntimeError, match="ended"):
+        env.step(gradient_action(env, obs, 0.0))
+
+
+def test_differentiable_loss_matches_finite_differences():
+    env = tiny_env(action_type="shift", differentiable=True, num_batches=3, batch_size=3, backtrack_depth=2)
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(gradient_action(env, obs, 1.0))  # so that backtracking has an earlier batch
+    base = {m: torch.tensor(v) for m, v in gradient_action(env, obs, 0.5).items()}
+    direction = {
+        m: torch.randn_like(v, generator=torch.Generator().manual_seed(0)) * 0.05 for m, v in base.items()
+    }
+
+    def total(eps: float) -> float:
+        with torch.no_grad():
+            return float(env.candidate_losses({m: base[m] + eps * direction[m] for m in base})["total"])
+
+    eps = 1e-2
+    numeric = (total(eps) - total(-eps)) / (2 * eps)
+    action = {m: v.clone().requires_grad_(True) for m, v in base.items()}
+    _, reward, _, _, info = env.step(action)
+    info["loss"].backward()
+    analytic = sum(float((action[m].grad * direction[m]).sum()) for m in base)
+    assert info["loss"].requires_grad and reward == pytest.approx(-float(info["loss"]))
+    assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-4)
+    assert abs(analytic) > 1e-3  # the check is not vacuous
+
+
+def test_reward_terms_follow_the_formula():
+    env = tiny_env(
+        action_type="shift", num_batches=3, batch_size=2, backtrack_depth=2, decay=0.5, loc_coef=0.6
+    )
+    obs, _ = env.reset(seed=0)
+    obs, r1, *_, info1 = env.step(gradient_action(env, obs, 1.0))
+    losses = info1["losses"]
+    assert losses["backtrack"] == 0.0  # nothing to look back on at the first step
+    expected = losses["gen"] + 0.6 * losses["loc"] + 1e-4 * losses["reg"]
+    assert -r1 == pytest.approx(expected, rel=1e-5)
+    obs, r2, *_, info2 = env.step(gradient_action(env, obs, 1.0))
+    assert info2["losses"]["backtrack"] > 0.0
+    assert -r2 == pytest.approx(
+        info2["losses"]["gen"]
+        + 0.6 * info2["losses"]["loc"]
+        + info2["losses"]["backtrack"]
+        + 1e-4 * info2["losses"]["reg"],
+        rel=1e-5,
+    )
+
+
+def test_torch_observations_stay_on_the_model_device():
+    env = tiny_env(obs_backend="torch")
+    obs, _ = env.reset(seed=0)
+    assert isinstance(obs["keys"][env.module_names[0]], torch.Tensor)
+    assert obs["mask"].device == env.editable.device
+
+
+def test_pinned_episode_by_indices_and_records():
+    env = tiny_env(num_batches=2, batch_size=2)
+    env.reset(options={"indices": [3, 1, 4, 0]})
+    assert [r for b in env.episode for r in b] == [env.records[i] for i in (3, 1, 4, 0)]
+    records = env.records[5:9]
+    env.reset(options={"records": records})
+    assert [r for b in env.episode for r in b] == records
+    with pytest.raises(ValueError, match="T x n"):
+        env.reset(options={"records": records[:3]})

@@ -1,0 +1,213 @@
+"""rledit: the command line of rledit-env (also ``python -m experiments``).
+
+rledit demo                                   RLEdit and its baselines on TinyWorld, in minutes
+rledit benchmark --config experiments/configs/smollm2-counterfact.json
+rledit benchmark --model tinyworld --schedule 20x10 --agents rledit,mend,noedit --seeds 0,1
+rledit train --agent rledit --episodes 40 --out rledit.pt
+rledit evaluate --agent rledit --checkpoint rledit.pt --schedule 20x10
+rledit list                                   agents, models and ready configurations
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds must be integers separated by commas, got {text!r}"
+        ) from None
+
+
+def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
+    p.add_argument("--config", help="a JSON benchmark configuration (see experiments/configs/)")
+    p.add_argument("--model", help="tinyworld, tinyworld-tiny, smollm2, a hub id or a local model directory")
+    p.add_argument("--dataset", help="evaluation edits: a path or a known name (default: the model's own)")
+    p.add_argument("--train-dataset", help="training edits (default: the model's own, or half of --dataset)")
+    p.add_argument("--schedule", action="append", help="T x n, e.g. 20x10 (repeatable)")
+    if agents:
+        p.add_argument("--agents", type=_csv, help="comma-separated agent names (see `rledit list`)")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--train-episodes", type=int, help="training episodes for every trainable agent")
+    p.add_argument("--metrics-every", type=int, help="evaluation points along the sequence, every k steps")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--out", help="results folder (default: results/<config name>)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="a line per run with its final metrics")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rledit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="RLEdit against its baselines on TinyWorld (a few minutes on a CPU)")
+    _add_common(demo)
+    bench = sub.add_parser(
+        "benchmark", help="a lifelong-editing benchmark: model, dataset, schedules, agents, seeds"
+    )
+    _add_common(bench)
+    train = sub.add_parser("train", help="train one agent and save it as a checkpoint")
+    _add_common(train, agents=False)
+    train.add_argument("--agent", required=True)
+    train.add_argument("--checkpoint", required=True, help="where to save the trained agent (.pt)")
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained checkpoint on a lifelong schedule")
+    _add_common(evaluate, agents=False)
+    evaluate.add_argument("--agent", required=True)
+    evaluate.add_argument("--checkpoint", required=True)
+    sub.add_parser("list", help="the agents, models and ready configurations")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, default_config: str | None):
+    """A BenchmarkConfig from --config (or the default file) with command-line overrides on top."""
+    from experiments.harness import BenchmarkConfig
+
+    source = args.config or (str(CONFIG_DIR / default_config) if default_config else None)
+    if source is not None and not Path(source).exists():
+        named = CONFIG_DIR / f"{source}.json"
+        if not named.exists():
+            raise SystemExit(
+                f"rledit: no configuration {source!r} (files in {CONFIG_DIR}: {_config_names()})"
+            )
+        source = str(named)
+    config = BenchmarkConfig.from_file(source) if source else BenchmarkConfig()
+    overrides = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "train_dataset": args.train_dataset,
+        "schedules": args.schedule,
+        "agents": getattr(args, "agents", None),
+        "seeds": args.seeds,
+        "metrics_every": args.metrics_every,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.train_episodes is not None:
+        config.train_episodes = {a: args.train_episodes for a in config.agents}
+    if args.model is not None and args.dataset is None and args.config is None and default_config is None:
+        config.name = f"{args.model}"
+    return config
+
+
+def _config_names() -> list[str]:
+    """Benchmark configurations (models.json, the model table, is not one)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if "agents" in json.loads(p.read_text()))
+
+
+def _check_model(name: str) -> None:
+    from rledit_env.models import MODEL_LOADERS
+
+    if name in MODEL_LOADERS or Path(name).is_dir() or "/" in name:
+        return
+    raise SystemExit(
+        f"rledit: unknown model {name!r}: use one of {sorted(MODEL_LOADERS)}, a local model directory, "
+        "or a hub id such as meta-llama/Meta-Llama-3-8B (needs the internet)"
+    )
+
+
+def _run_benchmark(config, args, checkpoints=None) -> int:
+    from experiments.harness import Benchmark
+    from experiments.report import plot_results, summary_table, write_markdown, write_metadata
+
+    _check_model(config.model)
+    out = Path(args.out or Path("results") / config.name)
+    bench = Benchmark(config, out, progress=not args.quiet, verbose=args.verbose, checkpoints=checkpoints)
+    results = bench.run()
+    write_metadata(dataclasses.asdict(config), out)
+    write_markdown(results, out / "summary.md", f"{config.name}: {config.model}")
+    plots = plot_results(results, out)
+    print(summary_table(results).to_markdown(index=False))
+    print(
+        f"\nresults: {out / 'results.csv'}, {out / 'summary.md'}, plots: {', '.join(p.name for p in plots)}"
+    )
+    return 0
+
+
+def _train(config, args) -> int:
+    from experiments.harness import Benchmark, parse_schedule
+    from experiments.registry import agent_spec
+
+    _check_model(config.model)
+    spec = agent_spec(args.agent)
+    if not spec.trainable:
+        raise SystemExit(f"rledit: agent {args.agent!r} needs no training")
+    bench = Benchmark(config, args.out or "results/train", progress=not args.quiet)
+    num_batches, batch_size = parse_schedule(config.schedules[0])
+    env = bench.make_env(spec, num_batches, batch_size)
+    cls = spec.load()
+    agent = cls(env, cls.Config(**{**config.agent_configs.get(args.agent, {}), "seed": config.seeds[0]}))
+    episodes = (
+        args.train_episodes if args.train_episodes is not None else config.train_episodes.get(args.agent)
+    )
+    agent.learn(episodes, progress_bar=not args.quiet) if episodes is not None else agent.learn(
+        progress_bar=not args.quiet
+    )
+    env.close()
+    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    agent.save(args.checkpoint)
+    log = getattr(agent, "training_log", [])
+    if log:
+        first, last = log[0].get("loss", float("nan")), log[-1].get("loss", float("nan"))
+        print(f"training: first episode loss {first:.4f}, last {last:.4f}")
+    print(f"saved {args.agent} to {args.checkpoint}")
+    return 0
+
+
+def _list() -> int:
+    from experiments.registry import AGENTS
+    from rledit_env.models import MODEL_LOADERS
+
+    print("agents:")
+    for name, spec in AGENTS.items():
+        print(f"  {name:18s} {spec.description}")
+    print("models: " + ", ".join(sorted(MODEL_LOADERS)) + ", or a hub id / local directory")
+    print("configurations (experiments/configs/):")
+    for name in _config_names():
+        description = json.loads((CONFIG_DIR / f"{name}.json").read_text()).get("description", "")
+        print(f"  {name:28s} {description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "demo":
+            return _run_benchmark(resolve_config(args, "demo-tinyworld.json"), args)
+        if args.command == "benchmark":
+            return _run_benchmark(resolve_config(args, None), args)
+        config = resolve_config(args, None)
+        config.agents = [args.agent]
+        if args.command == "train":
+            return _train(config, args)
+        return _run_benchmark(config, args, checkpoints={args.agent: args.checkpoint})
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"rledit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nrledit: interrupted; run the same command again to resume from the saved results",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The benchmark harness: lifelong editing runs of several agents, seeds and schedules, as one table.
+
+Each (agent, schedule, seed) run trains the agent if it needs training (on the training split, never
+on the evaluation edits), runs one lifelong episode on the evaluation split, and adds one row per
+evaluation point (every ``metrics_every`` steps and the end) to a tidy table. Rows are appended to
+``results.csv`` as each run finishes, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from experiments.registry import AgentSpec, agent_spec
+from rledit_env.editable import EditableModel
+from rledit_env.envs import LifelongEditEnv
+from rledit_env.models import LoadedModel, load_model
+
+RUN_KEYS = ["agent", "model", "dataset", "schedule", "seed"]
+
+
+@dataclass
+class BenchmarkConfig:
+    """One benchmark: a model, its edits, the T x n schedules, the agents and the seeds.
+
+    ``dataset`` None uses the model's own records (TinyWorld's train/eval splits); otherwise it is a
+    path or known name (``rledit_env.datasets.KNOWN_DATASETS``) for the evaluation edits, and
+    ``train_dataset`` the training edits (if None, ``dataset`` is split in two, disjointly).
+    """
+
+    name: str = "benchmark"
+    model: str = "tinyworld"
+    dataset: str | None = None
+    train_dataset: str | None = None
+    schedules: list[str] = field(default_factory=lambda: ["20x10"])
+    agents: list[str] = field(default_factory=lambda: ["rledit", "noedit"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train_episodes: dict[str, int] = field(default_factory=dict)  # per agent; absent: the agent's default
+    agent_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-agent config overrides
+    env: dict[str, Any] = field(default_factory=dict)  # LifelongEditEnv overrides (reward settings, ...)
+    metrics_every: int = 5
+    edit_modules: str | list[str] | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BenchmarkConfig:
+        data = json.loads(Path(path).read_text())
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)} - {"description"})
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        data.pop("description", None)
+        return cls(**data)
+
+    def validate(self) -> None:
+        for schedule in self.schedules:
+            parse_schedule(schedule)
+        for name in self.agents:
+            agent_spec(name)
+        if not self.seeds:
+            raise ValueError("seeds is empty")
+
+
+def parse_schedule(text: str) -> tuple[int, int]:
+    """'20x10' -> (T=20 batches, n=10 edits per batch)."""
+    try:
+        t, n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"schedule {text!r} is not of the form TxN, e.g. 20x10") from None
+    if t < 1 or n < 1:
+        raise ValueError(f"schedule {text!r}: T and n must be positive")
+    return t, n
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+class Benchmark:
+    """Runs a BenchmarkConfig into ``out_dir`` (results.csv, and checkpoints of trained agents)."""
+
+    def __init__(
+        self,
+        config: BenchmarkConfig,
+        out_dir: str | Path,
+        *,
+        progress: bool = True,
+        verbose: bool = False,
+        checkpoints: dict[str, str | Path] | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress, self.verbose = progress, verbose
+        self.checkpoints = {k: Path(v) for k, v in (checkpoints or {}).items()}  # agent -> trained checkpoint
+        self._loaded: LoadedModel | None = None
+
+    # ------------------------------------------------------------------------------ model and data
+    def loaded_model(self) -> LoadedModel:
+        """The model, loaded once for all runs, with train/eval splits of the edits."""
+        if self._loaded is None:
+            cfg = self.config
+            loaded = load_model(cfg.model, cfg.edit_modules, device=cfg.device, dtype=_dtype(cfg.dtype))
+            if cfg.dataset is not None:
+                loaded.splits = self._dataset_splits()
+            self._pristine = {k: v.detach().clone() for k, v in loaded.editable.model.state_dict().items()}
+            self._loaded = loaded
+        return self._loaded
+
+    def _dataset_splits(self) -> dict[str, list]:
+        from rledit_env.datasets import load_dataset, split_records
+
+        cfg = self.config
+        evals = load_dataset(cfg.dataset)
+        if cfg.train_dataset is not None:
+            return {"train": load_dataset(cfg.train_dataset), "eval": evals}
+        train, evals = split_records(evals, eval_fraction=0.5, seed=0)
+        return {"train": train, "eval": evals}
+
+    def make_env(self, spec: AgentSpec, num_batches: int, batch_size: int) -> LifelongEditEnv:
+        loaded = self.loaded_model()
+        editable = loaded.editable
+        if spec.edit_modules is not None:
+            modules = spec.edit_modules(editable.model.config)
+            editable = EditableModel(
+                editable.model, editable.tokenizer, modules, eval_batch_size=editable.eval_batch_size
+            )
+        settings = {"metrics_every": self.config.metrics_every, **self.config.env, **spec.env_kwargs}
+        return LifelongEditEnv(
+            LoadedModel(editable, loaded.splits, loaded.probe_texts),
+            num_batches=num_batches,
+            batch_size=batch_size,
+            **settings,
+        )
+
+    def _check_pristine(self) -> None:
+        """Every run must start from the original model: a leaked edit would corrupt the next run."""
+        state = self._loaded.editable.model.state_dict()
+        for key, value in self._pristine.items():
+            if not torch.equal(state[key], value):
+                raise RuntimeError(f"the model's weights changed between runs ({key}); this is a bug")
+
+    # ------------------------------------------------------------------------------ runs
+    def run(self) -> pd.DataFrame:
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        csv = self.out_dir / "results.csv"
+        done = load_results(csv)
+        finished = set() if done.empty else set(map(tuple, done[RUN_KEYS].astype(str).values))
+        runs = [(a, s, seed) for seed in cfg.seeds for s in cfg.schedules for a in cfg.agents]
+        dataset = cfg.dataset or f"{cfg.model}-own"
+        todo = [r for r in runs if (r[0], cfg.model, dataset, r[1], str(r[2])) not in finished]
+        if len(todo) < len(runs) and self.verbose:
+            print(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already in {csv}")
+        for agent_name, schedule, seed in tqdm(todo, desc="benchmark", disable=not self.progress):
+            rows = self.run_one(agent_name, schedule, seed)
+            frame = pd.DataFrame(rows)
+            frame.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+        return load_results(csv)
+
+    def run_one(self, agent_name: str, schedule: str, seed: int) -> list[dict[str, Any]]:
+        from agents import run_episode
+
+        cfg = self.config
+        spec = agent_spec(agent_name)
+        num_batches, batch_size = parse_schedule(schedule)
+        env = self.make_env(spec, num_batches, batch_size)
+        try:
+            agent, train_time = self._agent(agent_name, spec, env, schedule, seed)
+            stats_time = float(getattr(agent, "stats_time_s", 0.0))
+            if self.verbose:
+                tqdm.write(f"{agent_name} {schedule} seed {seed}: editing")
+            result = run_episode(env, agent, seed=seed)
+        finally:
+            env.close()  # restores the edit modules
+        self._check_pristine()
+        base = {
+            "agent": agent_name,
+            "model": cfg.model,
+            "dataset": cfg.dataset or f"{cfg.model}-own",
+            "schedule": schedule,
+            "seed": seed,
+            "num_batches": num_batches,
+            "batch_size": batch_size,
+            "time_per_edit_s": result["time_per_edit_s"],
+            "edit_time_s": result["edit_time_s"],
+            "train_time_s": train_time,
+            "stats_time_s": stats_time,
+            "peak_memory_mib": peak_memory_mib(),
+        }
+        curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
+        rows = [{**base, **point, "final": point["step"] == num_batches} for point in curve]
+        if self.verbose:
+            scores = " ".join(f"{m} {rows[-1].get(m, float('nan')):.3f}" for m in ("eff", "gen", "spe"))
+            tqdm.write(f"{agent_name}: {scores} | {1000 * result['time_per_edit_s']:.1f} ms/edit")
+        return rows
+
+    def _agent(self, name: str, spec: AgentSpec, env: LifelongEditEnv, schedule: str, seed: int):
+        """Build the agent; train it (or reuse its checkpoint) when it needs training."""
+        cls = spec.load()
+        overrides = {**self.config.agent_configs.get(name, {}), "seed": seed}
+        config = cls.Config(
+            **{k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(cls.Config)}}
+        )
+        agent = cls(env, config)
+        if not (spec.trainable and spec.train):
+            return agent, 0.0
+        if name in self.checkpoints:
+            return cls.load(self.checkpoints[name], env), 0.0
+        ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.pt"
+        if ckpt.exists():
+            return cls.load(ckpt, env), 0.0
+        episodes = self.config.train_episodes.get(name)
+        start = time.perf_counter()
+        agent.learn(episodes, progress_bar=self.progress) if episodes is not None else agent.learn(
+            progress_bar=self.progress
+        )
+        train_time = time.perf_counter() - start
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        agent.save(ckpt)
+        log = getattr(agent, "training_log", None)
+        if log:
+            pd.DataFrame(log).to_csv(self.out_dir / f"training-{name}-{schedule}-seed{seed}.csv", index=False)
+        return agent, train_time
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def peak_memory_mib() -> float:
+    """Peak memory of this process so far: GPU memory when on CUDA, else the resident set."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_benchmark(
+    config: BenchmarkConfig, out_dir: str | Path, *, progress: bool = True, verbose: bool = False
+) -> pd.DataFrame:
+    return Benchmark(config, out_dir, progress=progress, verbose=verbose).run()
+
+
+def final_rows(results: pd.DataFrame, agents: Sequence[str] | None = None) -> pd.DataFrame:
+    final = results[results["final"].astype(bool)]
+    return final if agents is None else final[final["agent"].isin(agents)]

@@ -1,0 +1,146 @@
+"""Results as a person reads them: a markdown summary, retention curves and editing-time plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
+
+
+def summary_table(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (agent, model, dataset, schedule): final metrics as mean (and std over seeds)."""
+    final = results[results["final"].astype(bool)]
+    keys = ["agent", "model", "dataset", "schedule"]
+    metrics = [m for m in METRICS if m in final.columns] + ["time_per_edit_s"]
+    grouped = final.groupby(keys, sort=False)[metrics]
+    mean, std, seeds = grouped.mean(), grouped.std(), grouped.size()
+    table = pd.DataFrame(index=mean.index)
+    for m in metrics:
+        if m == "time_per_edit_s":
+            continue
+        table[m] = [_cell(a, b, seeds.loc[i]) for i, a, b in zip(mean.index, mean[m], std[m], strict=True)]
+    table["ms_per_edit"] = (1000 * mean["time_per_edit_s"]).round(2)
+    if "rledit" in mean.index.get_level_values("agent"):
+        rledit = mean.xs("rledit", level="agent")["time_per_edit_s"]
+        ratios = []
+        for idx, t in zip(mean.index, mean["time_per_edit_s"], strict=True):
+            ref = rledit.get(idx[1:])
+            ratios.append(round(t / ref, 2) if ref else float("nan"))
+        table["time_vs_rledit"] = ratios
+    table["seeds"] = seeds.values
+    return table.reset_index()
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.3f}" if n < 2 or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
+    table = summary_table(results)
+    text = (
+        f"# {title}\n\n"
+        "Final metrics over all edits of the sequence (mean ± std over seeds). eff/gen/spe are the "
+        "headline suite of the dataset family (CounterFact: P(new) > P(true); ZsRE/FEVER: token "
+        "accuracy); *_acc the token-accuracy suite. ms_per_edit is editing time (the agent's act, the "
+        "update and the tracing of keys and gradients), not scoring.\n\n"
+        + table.to_markdown(index=False)
+        + "\n"
+    )
+    path.write_text(text)
+    return text
+
+
+def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Retention curves (eff/gen/spe against the number of edits) and time per edit per agent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for schedule, part in results.groupby("schedule", sort=False):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+        for ax, metric in zip(axes, ["eff", "gen", "spe"], strict=True):
+            if metric not in part.columns:
+                continue
+            for agent, rows in part.groupby("agent", sort=False):
+                curve = rows.groupby("edits")[metric].agg(["mean", "std"]).reset_index()
+                ax.plot(curve["edits"], curve["mean"], marker="o", ms=3, label=agent)
+                if len(rows["seed"].unique()) > 1:
+                    ax.fill_between(
+                        curve["edits"], curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.15
+                    )
+            ax.set_title(metric)
+            ax.set_xlabel("edits made")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("score over all edits so far")
+        axes[-1].legend(fontsize=8, loc="best")
+        fig.suptitle(f"Lifelong editing, schedule {schedule}")
+        fig.tight_layout()
+        path = out_dir / f"retention-{schedule}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    final = results[results["final"].astype(bool)]
+    times = final.groupby("agent", sort=False)["time_per_edit_s"].mean() * 1000
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(times.index, times.values, color="tab:blue")
+    ax.set_ylabel("ms per edit")
+    ax.set_yscale("log")
+    ax.set_title("Editing time per edit")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path = out_dir / "time-per-edit.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def run_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    """Configuration, package versions, device and git commit: what a results folder must record."""
+    packages = {}
+    for name in ("rledit-env", "torch", "transformers", "gymnasium", "stable-baselines3", "numpy", "pandas"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()})"
+    )
+    return {
+        "config": config,
+        "packages": packages,
+        "python": platform.python_version(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit,
+    }
+
+
+def write_metadata(config: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "run.json").write_text(json.dumps(run_metadata(config), indent=2, default=str))

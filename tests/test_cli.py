@@ -1,0 +1,113 @@
+"""The command line, end to end on the tiny TinyWorld."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+
+TINY = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--metrics-every", "1", "-q"]
+
+
+def _bench(out, agents="noedit,finetune", *extra) -> pd.DataFrame:
+    assert main(["benchmark", *TINY, "--agents", agents, "--out", str(out), *extra]) == 0
+    return pd.read_csv(out / "results.csv")
+
+
+def test_benchmark_writes_table_summary_plots_and_metadata(tmp_path):
+    results = _bench(tmp_path)
+    for column in (
+        "agent",
+        "model",
+        "dataset",
+        "schedule",
+        "seed",
+        "step",
+        "edits",
+        "eff",
+        "gen",
+        "spe",
+        "eff_acc",
+        "spe_acc",
+        "ppl",
+        "time_per_edit_s",
+        "final",
+    ):
+        assert column in results.columns
+    assert len(results) == 2 * 2  # two agents, two evaluation points each
+    assert sorted(results["edits"].unique()) == [3, 6]
+    final = results[results["final"]].set_index("agent")
+    assert final.loc["noedit", "spe_acc"] == 1.0  # no edit: locality untouched
+    assert final.loc["finetune", "eff_acc"] > final.loc["noedit", "eff_acc"]
+    assert results[["eff", "gen", "spe"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (tmp_path / "retention-2x3.png").stat().st_size > 10_000
+    assert (tmp_path / "time-per-edit.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| finetune" in summary and "ms_per_edit" in summary
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["config"]["model"] == "tinyworld-tiny" and meta["packages"]["torch"] and "device" in meta
+
+
+def test_same_seed_same_table_and_resume_skips_finished_runs(tmp_path):
+    first = _bench(tmp_path / "a", "noedit,finetune")
+    again = _bench(tmp_path / "b", "noedit,finetune")
+    metrics = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
+    pd.testing.assert_frame_equal(first[metrics], again[metrics])
+    resumed = _bench(tmp_path / "a", "noedit,finetune,rledit-untrained")  # only the new agent runs
+    assert len(resumed) == len(first) + 2
+    pd.testing.assert_frame_equal(resumed.iloc[: len(first)][metrics], first[metrics])
+
+
+def test_train_then_evaluate_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "rledit.pt"
+    args = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--train-episodes", "2", "-q"]
+    assert main(["train", "--agent", "rledit", "--checkpoint", str(ckpt), *args, "--out", str(tmp_path)]) == 0
+    assert ckpt.exists()
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--agent", "rledit", "--checkpoint", str(ckpt), *args, "--out", str(out)]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["agent"]) == {"rledit"} and results["final"].any()
+
+
+def test_clear_errors_for_unknown_names(tmp_path, capsys):
+    assert main(["benchmark", *TINY, "--agents", "nosuchagent", "--out", str(tmp_path)]) == 2
+    assert "unknown agent 'nosuchagent'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown model 'nosuchmodel'"):
+        main(["benchmark", "--model", "nosuchmodel", "--agents", "noedit", "--out", str(tmp_path)])
+    assert (
+        main(
+            [
+                "benchmark",
+                *TINY,
+                "--agents",
+                "noedit",
+                "--dataset",
+                "no/such/file.json",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["benchmark", "--model", "tinyworld-tiny", "--schedule", "20by10", "--out", str(tmp_path)]) == 2
+    )
+
+
+def test_list_shows_agents_models_and_configurations(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "rledit",
+        "mend",
+        "malmen",
+        "memit",
+        "alphaedit",
+        "tinyworld",
+        "demo-tinyworld",
+        "paper-llama3-8b-zsre",
+    ):
+        assert name in out

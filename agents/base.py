@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = 1
@@ -147,6 +148,22 @@ class EditAgent(ABC):
         agent = cls(env, cls.Config(**payload["config"]))
         agent.load_state_dict(payload["state"])
         return agent
+
+
+def like_observation(action, observation):
+    """``action`` (torch tensors, in nested dicts) as numpy arrays when ``observation`` holds numpy arrays.
+
+    Agents compute in torch and answer in the backend of the environment's observations.
+    """
+    if not isinstance(observation["mask"], np.ndarray):
+        return action
+
+    def convert(value):
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value.detach().cpu().numpy()
+
+    return convert(action)
 
 
 def run_episode(

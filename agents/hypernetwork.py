@@ -1,0 +1,362 @@
+"""The hypernetwork shared by MEND, MALMEN and RLEdit (DESIGN.md section 1), and their common agent base.
+
+For each answer token the network reads the concatenation x = [u, delta] of an edit module's key u
+(d_in) and value gradient delta (d_out), normalises it with running mean/std statistics and passes it
+through residual low-rank blocks
+
+    x <- x + scale_m * max(x A B + b, 0) + shift_m
+
+(A random, B zero, so the network starts as the identity), returning (u~, delta~). There is one network
+per distinct (d_in, d_out) shape, shared by the modules of that shape, which it tells apart by the
+per-module scale/shift embeddings. Each module also has a learned step size ``lr`` and ridge
+``log_lambda``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from agents.base import AgentConfig, Callback, CheckpointError, EditAgent, like_observation
+
+EPS = torch.finfo(torch.float32).eps
+
+
+class RunningNorm(nn.Module):
+    """Running per-feature mean and standard deviation (Chan et al.'s parallel Welford update), in fp64.
+
+    Before two rows have been seen it is the identity.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(size, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(size, dtype=torch.float64))  # sum of squared deviations
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold the rows of ``x`` (rows, size) into the statistics."""
+        n = x.shape[0]
+        if n == 0:
+            return
+        x = x.detach().double()
+        batch_mean = x.mean(0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += (x - batch_mean).pow(2).sum(0) + delta.pow(2) * (self.count * n / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.count < 2:
+            return x
+        std = (self.m2 / (self.count - 1)).sqrt()
+        return (x - self.mean.to(x.dtype)) / (std.to(x.dtype) + EPS)
+
+
+class ResidualBlock(nn.Module):
+    """x + scale_m * max(x A B + b, 0) + shift_m, the identity at initialisation (B = 0, b = 0)."""
+
+    def __init__(self, size: int, rank: int, num_modules: int, generator: torch.Generator):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(size, rank, generator=generator))
+        self.B = nn.Parameter(torch.zeros(rank, size))
+        self.bias = nn.Parameter(torch.zeros(size))
+        self.scale = nn.Parameter(torch.ones(num_modules, size))
+        self.shift = nn.Parameter(torch.zeros(num_modules, size))
+
+    def forward(self, x: torch.Tensor, module_index: torch.Tensor) -> torch.Tensor:
+        # clamp(min=0) rather than relu: at the start x A B + b is exactly 0, where relu's gradient is 0
+        # and clamp's is 1; with relu, B and b would never receive a gradient and the net would stay fixed.
+        hidden = (x @ self.A @ self.B + self.bias).clamp(min=0)
+        return x + self.scale[module_index] * hidden + self.shift[module_index]
+
+
+class ShapeNet(nn.Module):
+    """The network of all edit modules of one (d_in, d_out) shape."""
+
+    def __init__(self, d_in: int, d_out: int, num_modules: int, rank: int, num_blocks: int, generator):
+        super().__init__()
+        self.sizes = [d_in, d_out]
+        size = d_in + d_out
+        self.norm = RunningNorm(size)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(size, min(rank, size), num_modules, generator) for _ in range(num_blocks)
+        )
+
+    def forward(self, x: torch.Tensor, module_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.norm(x)
+        for block in self.blocks:
+            hidden = block(hidden, module_index)
+        keys, value_grads = hidden.split(self.sizes, -1)
+        return keys, value_grads
+
+
+class HyperNetwork(nn.Module):
+    """(u, delta) -> (u~, delta~) for every edit module, plus each module's ``lr`` and ``log_lambda``.
+
+    Args:
+        shapes: {module name: (d_in, d_out)}, as ``EditableModel.shapes``.
+        rank: rank of the blocks' A B, capped at d_in + d_out (the paper uses 1024).
+        num_blocks: residual blocks per network (the paper uses 4).
+        init_lr: initial per-module step size (the paper uses 1e-6).
+        seed: seeds the random A matrices.
+        ridge: whether the editor solves MALMEN's ridge problem (then ``log_lambda`` exists, starting at 0).
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, int]],
+        rank: int,
+        num_blocks: int,
+        init_lr: float,
+        seed: int,
+        ridge: bool = True,
+    ):
+        super().__init__()
+        if rank < 1 or num_blocks < 0:
+            raise ValueError(f"rank must be >= 1 and num_blocks >= 0, got {rank} and {num_blocks}")
+        self.module_names = list(shapes)
+        self.groups: dict[str, list[str]] = {}  # "d_inxd_out" -> the modules of that shape
+        for name, (d_in, d_out) in shapes.items():
+            self.groups.setdefault(f"{d_in}x{d_out}", []).append(name)
+        generator = torch.Generator().manual_seed(seed)
+        self.nets = nn.ModuleDict()
+        for key, names in self.groups.items():
+            d_in, d_out = shapes[names[0]]
+            self.nets[key] = ShapeNet(d_in, d_out, len(names), rank, num_blocks, generator)
+        self.lr = nn.Parameter(torch.full((len(shapes),), float(init_lr)))
+        # MALMEN's ridge lambda, lambda = exp(log_lambda) (MEND has no ridge solve)
+        self.log_lambda = nn.Parameter(torch.zeros(len(shapes))) if ridge else None
+        self._position = {name: i for i, name in enumerate(self.module_names)}
+
+    def index(self, module: str) -> int:
+        """Position of ``module`` in ``lr`` and ``log_lambda``."""
+        return self._position[module]
+
+    def forward(
+        self,
+        keys: Mapping[str, torch.Tensor],
+        value_grads: Mapping[str, torch.Tensor],
+        mask: torch.Tensor,
+        update_stats: bool,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{module: (u~, delta~)} for the N tokens of each module; ``mask`` (N,) marks the real ones.
+
+        With ``update_stats`` the real tokens are first folded into the normaliser's statistics.
+        """
+        out = {}
+        real = mask.bool()
+        for key, names in self.groups.items():
+            net = self.nets[key]
+            x = torch.cat([torch.cat([keys[m], value_grads[m]], -1) for m in names])
+            if update_stats:
+                net.norm.update(x[real.repeat(len(names))])
+            n = mask.shape[0]
+            module_index = torch.arange(len(names), device=x.device).repeat_interleave(n)
+            pseudo_keys, pseudo_grads = net(x, module_index)
+            for i, m in enumerate(names):
+                out[m] = (pseudo_keys[i * n : (i + 1) * n], pseudo_grads[i * n : (i + 1) * n])
+        return out
+
+
+@dataclasses.dataclass
+class HyperNetworkConfig(AgentConfig):
+    """Hyperparameters of the hypernetwork editors (the paper's defaults; see each agent for its own).
+
+    ``update_stats_in_use``: keep folding observed keys and value gradients into the normaliser during
+    lifelong use (``act``), as the reference code does; training always updates it.
+    ``loc_coef``: weight of the locality loss in the training loss.
+    ``train_episodes``: what ``learn()`` trains for when not told.
+    ``train_batch_size``: edits per training batch (None: the evaluation environment's batch size).
+    """
+
+    rank: int = 1024
+    num_blocks: int = 4
+    init_lr: float = 1e-6
+    meta_lr: float = 1e-5
+    max_grad_norm: float = 1.0
+    loc_coef: float = 1.0
+    update_stats_in_use: bool = True
+    train_episodes: int = 100
+    train_batch_size: int | None = None
+
+
+class HyperNetworkEditor(EditAgent):
+    """Base of the hypernetwork editors: the network, acting, optimiser steps, training envs, checkpoints.
+
+    Subclasses implement ``policy`` (observation -> differentiable action) and, when not the one-step
+    training of MEND/MALMEN (``learn`` here), their own ``learn``.
+    """
+
+    Config = HyperNetworkConfig
+    ridge: ClassVar[bool] = True  # whether actions go through MALMEN's ridge solve (a learned lambda)
+
+    def __init__(self, env: gym.Env, config: HyperNetworkConfig | None = None):
+        super().__init__(env, config)
+        cfg = self.config
+        editable = self.core.editable
+        self.net = HyperNetwork(
+            editable.shapes, cfg.rank, cfg.num_blocks, cfg.init_lr, cfg.seed, ridge=self.ridge
+        ).to(editable.device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
+        self.training_log: list[dict[str, float]] = []
+        self.episodes_trained = 0
+
+    # ------------------------------------------------------------------------------ acting
+    @abstractmethod
+    def policy(self, observation, update_stats: bool) -> dict[str, Any]:
+        """The action as torch tensors, differentiable in the hypernetwork's parameters."""
+
+    def act(self, observation) -> dict[str, Any]:
+        with torch.no_grad():
+            action = self.policy(observation, self.config.update_stats_in_use)
+        return like_observation(action, observation)
+
+    def _inputs(self, observation) -> tuple[dict, dict, torch.Tensor]:
+        """Keys, value gradients and the float mask of an observation, as fp32 tensors on the net's device."""
+        device = self.net.lr.device
+
+        def tensor(x) -> torch.Tensor:
+            return torch.as_tensor(x, device=device, dtype=torch.float32)
+
+        names = self.net.module_names
+        keys = {m: tensor(observation["keys"][m]) for m in names}
+        value_grads = {m: tensor(observation["value_grads"][m]) for m in names}
+        return keys, value_grads, tensor(observation["mask"])
+
+    # ------------------------------------------------------------------------------ training
+    def learn(
+        self,
+        episodes: int | None = None,
+        *,
+        train_env: gym.Env | None = None,
+        callback: Callback | None = None,
+        progress_bar: bool = True,
+    ) -> HyperNetworkEditor:
+        """MEND/MALMEN training: ``episodes`` steps (default ``config.train_episodes``), each on one fresh
+        batch of training edits.
+
+        Each step edits the *unedited* model with the current hypernetwork, scores the edit with
+        ``candidate_losses`` (L_gen + loc_coef * L_loc; the model is never changed) and takes one
+        optimiser step. ``train_env`` defaults to one-batch episodes on the model's "train" split.
+        The model's weights are as before when this returns.
+        """
+        episodes = self.config.train_episodes if episodes is None else episodes
+        env = self.training_env(train_env, num_batches=1)
+        core = env.unwrapped
+        callback = callback or Callback()
+        callback.on_training_start(self)
+        with self._keeping_weights(), tqdm(range(episodes), desc=self.name, disable=not progress_bar) as bar:
+            for _ in bar:
+                start = time.perf_counter()
+                obs, _ = env.reset(seed=self._episode_seed())
+                updates = core.updates_from_action(self.policy(obs, update_stats=True))
+                terms = core.candidate_losses(updates)
+                loss = terms["gen"] + self.config.loc_coef * terms["loc"]
+                loss.backward()
+                logs = {
+                    "loss": loss.item(),
+                    "gen": terms["gen"].item(),
+                    "loc": terms["loc"].item(),
+                    "grad_norm": self._optimizer_step(),
+                }
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if not self._end_episode(logs, start, callback):
+                    break
+        callback.on_training_end(self)
+        return self
+
+    def training_env(self, train_env: gym.Env | None, **settings) -> gym.Env:
+        """``train_env`` if given (checked), else an env on the model's "train" split with ``settings``.
+
+        The default shares the model with ``self.env`` and snapshots its weights as they are now, so
+        build it (call ``learn``) while the model is unedited.
+        """
+        from rledit_env.envs import LifelongEditEnv
+        from rledit_env.models import LoadedModel
+
+        if train_env is not None:
+            core = train_env.unwrapped
+            if core.action_type != self.action_type or core.editable.shapes != self.core.editable.shapes:
+                raise ValueError(
+                    f"train_env must edit the same modules through action_type={self.action_type!r}"
+                )
+            return train_env
+        core = self.core
+        if "train" not in core.splits:
+            raise ValueError(
+                "this environment's model has no 'train' split of its own: pass train_env= (an environment "
+                "over training edits)"
+            )
+        settings = {
+            "batch_size": self.config.train_batch_size or core.batch_size,
+            "evaluate_at_end": False,
+            "probe_texts": [],
+            "obs_backend": "torch",
+            **settings,
+        }
+        loaded = LoadedModel(core.editable, core.splits)
+        return LifelongEditEnv(loaded, split="train", action_type=self.action_type, **settings)
+
+    @contextlib.contextmanager
+    def _keeping_weights(self) -> Iterator[None]:
+        """Training may commit edits (RLEdit's episodes); give the model back as it was."""
+        snapshot = self.core.editable.snapshot()
+        try:
+            yield
+        finally:
+            self.core.editable.restore(snapshot)
+
+    def _episode_seed(self) -> int:
+        return self.config.seed * 1_000_003 + self.episodes_trained
+
+    def _optimizer_step(self) -> float:
+        """Clip, step and clear the accumulated gradients; returns the norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _end_episode(self, logs: dict[str, float], start: float, callback: Callback) -> bool:
+        """Log a finished training episode; False when the callback asks to stop."""
+        logs = {
+            "episode": self.episodes_trained,
+            **logs,
+            "lr": float(self.net.lr.detach().mean()),
+            **({"log_lambda": float(self.net.log_lambda.detach().mean())} if self.ridge else {}),
+            "seconds": time.perf_counter() - start,
+        }
+        self.training_log.append(logs)
+        self.episodes_trained += 1
+        return callback.on_episode_end(self, logs["episode"], logs) is not False
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "training_log": list(self.training_log),
+            "episodes_trained": self.episodes_trained,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.net.load_state_dict(state["net"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.training_log = list(state["training_log"])
+            self.episodes_trained = int(state["episodes_trained"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{type(self).__name__}: the checkpoint's state does not fit ({exc})"
+            ) from exc

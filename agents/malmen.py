@@ -1,0 +1,41 @@
+"""MALMEN (Tan et al., ICLR 2024): hypernetwork value differences, turned into an update by a ridge solve."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from agents.hypernetwork import HyperNetworkConfig, HyperNetworkEditor
+
+
+@dataclasses.dataclass
+class MALMENConfig(HyperNetworkConfig):
+    """MALMEN's hyperparameters (as ``HyperNetworkConfig``; its locality coefficient is 1)."""
+
+
+class MALMEN(HyperNetworkEditor):
+    """MALMEN as an agent of the "values" interface.
+
+    Per token i of module m the hypernetwork gives (u~_i, delta~_i) and the value difference is
+    v_i = -lr_m * (u_i . u~_i) * delta~_i; the environment solves the ridge problem
+    dW = argmin ||U dW - V||^2 + exp(log_lambda_m) ||dW||^2 with the observed keys U. Padding tokens
+    get zero values. Trained one batch at a time on the unedited model (``HyperNetworkEditor.learn``),
+    then frozen and applied sequentially.
+    """
+
+    Config = MALMENConfig
+    action_type = "values"
+    name = "malmen"
+
+    def policy(self, observation, update_stats: bool) -> dict[str, Any]:
+        keys, value_grads, mask = self._inputs(observation)
+        values, log_lambda = {}, {}
+        for m, (pseudo_keys, pseudo_grads) in self.net(keys, value_grads, mask, update_stats).items():
+            i = self.net.index(m)
+            coeff = -self.net.lr[i] * (keys[m] * pseudo_keys).sum(-1) * mask
+            values[m] = coeff.unsqueeze(-1) * pseudo_grads
+            log_lambda[m] = self.net.log_lambda[i : i + 1]
+        return {"values": values, "log_lambda": log_lambda}
+
+
+__all__ = ["MALMEN", "MALMENConfig"]

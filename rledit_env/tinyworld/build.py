@@ -1,0 +1,369 @@
+"""Tokenizer, model, pretraining and the on-disk cache of TinyWorld models.
+
+The model is trained on every true fact under every template until it answers each (relation,
+template) group with ``config.target_accuracy`` teacher-forced top-1 accuracy, then saved as an
+ordinary Hugging Face directory so every other part of the project loads it like any hub model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
+from rledit_env.tokenization import IGNORE_INDEX, encode_batch, encode_one
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+MAX_POSITIONS = 64
+META_FILE = "tinyworld.json"
+
+
+def build_tokenizer(world: TinyWorld) -> PreTrainedTokenizerFast:
+    """A subword tokenizer trained on the world's sentences, prepending BOS like Llama's does."""
+    config = world.config
+    if config.tokenizer == "bpe":
+        # GPT-2 style: bytes as the alphabet, so nothing is ever unknown; words carry their leading space.
+        # A space is also prefixed to the first word (as SentencePiece does), so a subject tokenises the
+        # same at the start of a sentence as inside it and facts transfer between templates. The decoder
+        # drops that space again.
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        # SentencePiece style: spaces become "▁" glued to the next word; the first word gets one too.
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet = []
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(world.general_texts(), trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_max_length=MAX_POSITIONS,
+        padding_side="right",
+    )
+
+
+def build_model(config: TinyWorldConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A freshly initialised (seeded) small causal LM of the configured architecture."""
+    torch.manual_seed(config.seed)
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if config.arch == "llama":
+        model_config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads,
+            max_position_embeddings=MAX_POSITIONS,
+            **ids,
+        )
+        return LlamaForCausalLM(model_config)
+    model_config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=MAX_POSITIONS,
+        n_embd=config.hidden_size,
+        n_layer=config.num_layers,
+        n_head=config.num_heads,
+        n_inner=config.intermediate_size,
+        # No dropout: the model should memorise its world exactly, and training stays deterministic.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ids,
+    )
+    return GPT2LMHeadModel(model_config)
+
+
+def _fact_queries(world: TinyWorld) -> tuple[list[str], list[str], list[tuple[str, int]]]:
+    """(prompts, answers, (relation, template index)) for every fact under every template."""
+    prompts, answers, groups = [], [], []
+    for fact in world.facts:
+        for t in range(len(world.templates[fact.relation])):
+            prompts.append(world.prompt(fact.subject, fact.relation, t))
+            answers.append(fact.object)
+            groups.append((fact.relation, t))
+    return prompts, answers, groups
+
+
+def _summarise(correct: list[bool], groups: list[tuple[str, int]], world: TinyWorld) -> dict:
+    by_relation: dict[str, list[bool]] = defaultdict(list)
+    by_template: dict[str, list[bool]] = defaultdict(list)
+    for ok, (relation, t) in zip(correct, groups, strict=True):
+        by_relation[relation].append(ok)
+        by_template[world.templates[relation][t]].append(ok)
+
+    def mean(xs: list[bool]) -> float:
+        return sum(xs) / len(xs)
+
+    per_template = {k: mean(v) for k, v in by_template.items()}
+    return {
+        "overall": mean(correct),
+        "per_relation": {k: mean(v) for k, v in by_relation.items()},
+        "per_template": per_template,
+        "min_template": min(per_template.values()),
+        "num_queries": len(correct),
+    }
+
+
+@torch.no_grad()
+def fact_accuracy(model, tokenizer, world: TinyWorld, batch_size: int = 256) -> dict:
+    """Teacher-forced top-1 accuracy on every true fact under every template.
+
+    A query counts as correct only if every answer token is the argmax. Returns "overall",
+    "per_relation", "per_template" (keyed by the template string), "min_template" and "num_queries".
+    """
+    prompts, answers, groups = _fact_queries(world)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct: list[bool] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = encode_batch(tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size], device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        correct.extend(_answer_correct(logits, batch.labels).tolist())
+    model.train(was_training)
+    return _summarise(correct, groups, world)
+
+
+def _answer_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every answer token (label != IGNORE_INDEX) is predicted by argmax at the position before."""
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    is_answer = target != IGNORE_INDEX
+    return ((predicted == target) | ~is_answer).all(-1)
+
+
+def train_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, world: TinyWorld, progress: bool = True
+) -> dict:
+    """Pretrain ``model`` on the world's true facts until every template is known; returns the accuracy.
+
+    Loss is ordinary next-token prediction over whole sentences, so the model is a language
+    model of its world, not just a fact classifier. Each training batch's own forward pass tells which
+    sentences are already answered right; the (costlier) full accuracy check runs only once those
+    running figures pass the target. Raises RuntimeError if ``max_steps`` pass without reaching it.
+    """
+    config = world.config
+    prompts, answers, groups = _fact_queries(world)
+    rows = [encode_one(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+    n, length = len(rows), max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((n, length), tokenizer.pad_token_id, dtype=torch.long)
+    answer_labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+    lengths = torch.zeros(n, dtype=torch.long)
+    for i, (ids, labels) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        answer_labels[i, : len(labels)] = torch.tensor(labels)
+        lengths[i] = len(ids)
+    attention = (torch.arange(length)[None] < lengths[:, None]).long()
+    lm_labels = input_ids.masked_fill(attention == 0, IGNORE_INDEX)
+    group_ids = torch.tensor([sorted(set(groups)).index(g) for g in groups])
+    num_groups = int(group_ids.max()) + 1
+
+    model.train()
+    no_decay = [p for name, p in model.named_parameters() if p.ndim < 2 or "norm" in name or "ln_" in name]
+    decay = [p for p in model.parameters() if all(p is not q for q in no_decay)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_factor(step: int) -> float:
+        # Linear warmup, cosine down to 10% over schedule_steps (about when the facts are known: the
+        # decay is what settles the last few), then flat until the hard cap.
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        frac = min(1.0, (step - config.warmup_steps) / max(1, config.schedule_steps - config.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    generator = torch.Generator().manual_seed(config.seed)
+    seen_correct = torch.zeros(n, dtype=torch.bool)
+
+    def batches() -> Iterator[torch.Tensor]:
+        while True:
+            yield from torch.randperm(n, generator=generator).split(config.batch_size)
+
+    result: dict | None = None
+    history: list[tuple[int, float, float]] = []  # (step, loss, running accuracy), kept in the metadata
+    bar = tqdm(total=config.max_steps, desc=f"TinyWorld {config.arch} pretraining", disable=not progress)
+    with bar:
+        for step, idx in zip(range(config.max_steps), batches(), strict=False):
+            width = int(lengths[idx].max())  # trim the padding this batch does not need
+            logits = model(input_ids=input_ids[idx, :width], attention_mask=attention[idx, :width]).logits
+            token_loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), lm_labels[idx, 1:width], ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            weight = attention[idx, 1:width] + (config.answer_loss_weight - 1) * (
+                answer_labels[idx, 1:width] != IGNORE_INDEX
+            )
+            loss = (token_loss * weight).sum() / weight.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            seen_correct[idx] = _answer_correct(logits.detach(), answer_labels[idx, :width])
+            bar.update(1)
+            if (step + 1) % config.eval_every:
+                continue
+            group_acc = torch.zeros(num_groups).index_add_(0, group_ids, seen_correct.float())
+            group_acc /= torch.bincount(group_ids, minlength=num_groups)
+            history.append((step + 1, round(loss.item(), 4), round(seen_correct.float().mean().item(), 4)))
+            bar.set_postfix(loss=f"{history[-1][1]:.3f}", acc=f"{history[-1][2]:.3f}")
+            if group_acc.min() >= config.target_accuracy:
+                result = fact_accuracy(model, tokenizer, world)
+                model.train()
+                if result["min_template"] >= config.target_accuracy:
+                    result.update(steps=step + 1, history=history)
+                    break
+                result = None
+    model.eval()
+    if result is None:
+        final = fact_accuracy(model, tokenizer, world)
+        raise RuntimeError(
+            f"TinyWorld model did not reach {config.target_accuracy:.1%} accuracy on every template within "
+            f"{config.max_steps} steps (overall {final['overall']:.2%}, worst template "
+            f"{final['min_template']:.2%}); raise max_steps or the model size"
+        )
+    return result
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    return pathlib.Path(os.environ.get("RLEDIT_CACHE") or pathlib.Path.home() / ".cache" / "rledit_env")
+
+
+@contextlib.contextmanager
+def _build_lock(path: pathlib.Path) -> Iterator[None]:
+    """An advisory inter-process lock (POSIX) so concurrent first uses train only once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename below still keeps the cache consistent
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_tinyworld(config: TinyWorldConfig, target: pathlib.Path, progress: bool = True) -> None:
+    """Train the world's tokenizer and model and save them to ``target`` (written whole, or not at all)."""
+    start = time.perf_counter()
+    world = TinyWorld(config)
+    tokenizer = build_tokenizer(world)
+    model = build_model(config, tokenizer)
+    accuracy = train_model(model, tokenizer, world, progress=progress)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {
+            "config": {**config.__dict__},
+            "key": config.key(),
+            "accuracy": accuracy,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "build_seconds": round(time.perf_counter() - start, 1),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        os.rename(tmp, target)  # atomic: readers see either nothing or the complete directory
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / META_FILE).exists():  # not another process having won the race
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _resolve(config: TinyWorldConfig | str | None) -> TinyWorldConfig:
+    if config is None:
+        return TinyWorldConfig.default()
+    return TinyWorldConfig.named(config) if isinstance(config, str) else config
+
+
+def tinyworld_model_dir(
+    config: TinyWorldConfig | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> pathlib.Path:
+    """The cached model directory of ``config`` (built first if missing).
+
+    Cache root: ``cache_dir``, else $RLEDIT_CACHE, else ~/.cache/rledit_env; the folder is
+    ``tinyworld/<config.key()>``.
+    """
+    config = _resolve(config)
+    target = _cache_root(cache_dir) / "tinyworld" / config.key()
+    if (target / META_FILE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent / f".{target.name}.lock"):
+        if not (target / META_FILE).exists():  # another process may have built it while we waited
+            build_tinyworld(config, target, progress=progress)
+    return target
+
+
+def load_tinyworld(
+    config: TinyWorldConfig | str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, TinyWorld]:
+    """(model, tokenizer, world) of a TinyWorld; builds and caches the model at first use.
+
+    ``config`` is a TinyWorldConfig or one of "default", "tiny", "default-gpt2", "tiny-gpt2".
+    The model comes back in eval mode, fp32, on ``device``.
+    """
+    config = _resolve(config)
+    path = tinyworld_model_dir(config, cache_dir=cache_dir, progress=progress)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, TinyWorld(config)

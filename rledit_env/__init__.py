@@ -16,3 +16,5 @@ __version__ = "0.1.0"
 
 if "rledit_env/LifelongEdit-v0" not in registry:
     register(id="rledit_env/LifelongEdit-v0", entry_point="rledit_env.envs:LifelongEditEnv")
+if "rledit_env/LifelongEditCompact-v0" not in registry:  # the Box interface for standard RL libraries
+    register(id="rledit_env/LifelongEditCompact-v0", entry_point="rledit_env.wrappers:make_compact_env")

@@ -100,7 +100,11 @@ class SB3Agent(EditAgent):
         super().__init__(env, config)
         self.wrapper = CompactEditWrapper(env, self.config)
         if model is None:
-            algorithm = getattr(importlib.import_module("stable_baselines3"), self.config.algorithm)
+            algorithm = getattr(importlib.import_module("stable_baselines3"), self.config.algorithm, None)
+            if not (isinstance(algorithm, type) and issubclass(algorithm, BaseAlgorithm)):
+                raise ValueError(
+                    f"unknown stable-baselines3 algorithm {self.config.algorithm!r} (e.g. PPO, A2C, SAC, TD3)"
+                )
             model = algorithm(
                 self.config.policy, self.wrapper, seed=self.config.seed, **self.config.algorithm_kwargs
             )

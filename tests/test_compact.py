@@ -11,6 +11,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from helpers import assert_same_state, model_state, tiny_env
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rledit_env  # noqa: F401  (registers the environments)
@@ -38,6 +39,17 @@ def test_sb3_check_env_passes_on_the_registered_env():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # SB3's checker warns about anything it would not train well on
         sb3_check_env(env, warn=True)
+
+
+@pytest.mark.slow
+def test_make_with_no_arguments_gives_the_compact_tinyworld_env():
+    env = gym.make(COMPACT_ID)
+    core = env.unwrapped
+    assert (core.num_batches, core.batch_size, core.action_type) == (20, 10, "values")
+    assert env.action_space.shape == (11,)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert all(r.case_id.startswith("tinyworld-eval") for r in core.current_records)
 
 
 def test_make_forwards_core_and_compact_arguments():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from helpers import tiny_env
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from agents.base import run_episode
 from examples.cem_agent import CEMConfig, CEMStepSizes

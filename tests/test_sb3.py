@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers import assert_same_state, model_state, tiny_env
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.logger import configure
 
@@ -18,16 +19,6 @@ from rledit_env.wrappers import CompactEditWrapper
 
 EPISODE = {"num_batches": 2, "batch_size": 2, "probe_texts": []}
 HEADLINE = ("edit/eff", "edit/gen", "edit/spe")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests run hundreds of tiny-model steps: intra-op threads gain nothing there and cost ~8x
-    when other processes share the cores (measured on the 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def compact_train_env() -> CompactEditWrapper:
@@ -125,6 +116,8 @@ def test_adapter_refuses_a_model_of_another_shape():
         SB3Agent(tiny_env(num_batches=2, batch_size=3, probe_texts=[]), model)
     with pytest.raises(TypeError, match="stable-baselines3"):
         SB3Agent(tiny_env(**EPISODE), "PPO")
+    with pytest.raises(ValueError, match="unknown stable-baselines3 algorithm 'PPO2'"):
+        SB3Agent(tiny_env(**EPISODE), config=SB3AgentConfig(algorithm="PPO2"))
 
 
 def test_agent_learn_trains_a_fresh_model_and_calls_back():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import rledit_env  # noqa: F401  (registers the environments)

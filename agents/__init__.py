@@ -1,5 +1,8 @@
 """Editors as agents of the rledit_env environment: RLEdit, its hypernetwork baselines MEND and MALMEN,
-fine-tuning and no-edit, all following ``agents.base.EditAgent``."""
+fine-tuning and no-edit, all following ``agents.base.EditAgent``; the closed-form editors (MEMIT,
+AlphaEdit) and the stable-baselines3 adapter load on first use."""
+
+import importlib
 
 from agents.base import (
     AgentConfig,
@@ -38,3 +41,19 @@ __all__ = [
     "like_observation",
     "run_episode",
 ]
+
+_LAZY = {
+    "MEMIT": "agents.memit",
+    "MEMITConfig": "agents.memit",
+    "AlphaEdit": "agents.alphaedit",
+    "AlphaEditConfig": "agents.alphaedit",
+    "SB3Agent": "agents.sb3",
+    "SB3AgentConfig": "agents.sb3",
+}
+
+
+def __getattr__(name: str):
+    # Imported on first use: they pull in more of the stack (stable-baselines3, key statistics).
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")

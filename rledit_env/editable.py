@@ -7,14 +7,15 @@ with the key u (the layer's input) and the value gradient delta (the loss gradie
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from rledit_env.presets import resolve_edit_modules
+from rledit_env.presets import check_tokenizer, resolve_edit_modules
 from rledit_env.tokenization import IGNORE_INDEX, EncodedBatch
 
 Updates = Mapping[str, torch.Tensor]
@@ -35,10 +36,14 @@ class EditModule:
     def weight(self) -> torch.Tensor:
         return self.module.weight
 
-    def to_native(self, delta: torch.Tensor) -> torch.Tensor:
-        """(d_in, d_out) -> the layer's own layout and dtype."""
+    def layout(self, delta: torch.Tensor) -> torch.Tensor:
+        """(d_in, d_out) -> the layer's own layout, on its device, dtype unchanged."""
         delta = delta.t() if self.transposed else delta
-        return delta.to(self.weight.dtype)
+        return delta.to(self.weight.device)
+
+    def to_native(self, delta: torch.Tensor) -> torch.Tensor:
+        """(d_in, d_out) -> the layer's own layout, device and dtype."""
+        return self.layout(delta).to(self.weight.dtype)
 
 
 @dataclass
@@ -98,6 +103,7 @@ class EditableModel:
         self.eval_batch_size = eval_batch_size
         for p in self.model.parameters():
             p.requires_grad_(False)  # the environment never trains the model through autograd
+        check_tokenizer(model.config, tokenizer)
         names = resolve_edit_modules(model.config, edit_modules)
         base = model.base_model
         base_names = {id(m): n for n, m in base.named_modules()}
@@ -115,9 +121,22 @@ class EditableModel:
                 raise ValueError(f"edit module {name!r} is a {type(module).__name__}, not a Linear or Conv1D")
             if id(module) not in base_names:
                 raise ValueError(f"edit module {name!r} is outside the base model (e.g. the LM head)")
+            if module.weight.device.type == "meta":
+                raise ValueError(
+                    f"edit module {name!r} is offloaded (its weight is on the meta device): edit modules "
+                    "must live on a GPU or the CPU; keep them out of device_map's 'disk'/'cpu' offload"
+                )
             self.modules[name] = EditModule(
                 name, module, f"{base_names[id(module)]}.weight", transposed, int(d_in), int(d_out)
             )
+        # bf16/fp16 weights keep 8/11 bits of mantissa, so small updates added to them one by one would
+        # round away. Updates accumulate in an fp32 master copy of the edit modules (only those) instead,
+        # and the model's weight is that master rounded once.
+        self._master: dict[str, torch.Tensor] = {
+            n: m.weight.detach().float()
+            for n, m in self.modules.items()
+            if m.weight.dtype in (torch.float16, torch.bfloat16)
+        }
 
     @classmethod
     def from_pretrained(
@@ -168,13 +187,31 @@ class EditableModel:
     def restore(self, snapshot: Mapping[str, torch.Tensor]) -> None:
         for n, m in self.modules.items():
             m.weight.copy_(snapshot[n])
+            if n in self._master:
+                self._master[n].copy_(snapshot[n])
 
     @torch.no_grad()
     def apply_updates(self, updates: Updates) -> None:
-        """W <- W + dW for each module named in ``updates`` ((d_in, d_out) each)."""
+        """W <- W + dW for each module named in ``updates`` ((d_in, d_out) each, any device)."""
         for n, delta in updates.items():
             module = self.modules[n]
-            module.weight.add_(module.to_native(delta.detach().to(module.weight.device)))
+            master = self._master.get(n)
+            if master is None:
+                module.weight.add_(module.to_native(delta.detach()))
+            else:
+                master.add_(module.layout(delta.detach()).float())
+                module.weight.copy_(master)
+
+    def updated_weight(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """The weight ``apply_updates({name: delta})`` would give, in the layer's layout and dtype.
+
+        Differentiable in ``delta``; the model is untouched.
+        """
+        module = self.modules[name]
+        master = self._master.get(name)
+        if master is None:
+            return module.weight + module.to_native(delta)
+        return (master + module.layout(delta).float()).to(module.weight.dtype)
 
     # ------------------------------------------------------------------------------------ forward
     def _hidden_states(self, batch: EncodedBatch, updates: Updates | None) -> torch.Tensor:
@@ -182,11 +219,18 @@ class EditableModel:
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
         if not updates:
             return base(**kwargs).last_hidden_state
-        params = {}
-        for n, delta in updates.items():
-            module = self.modules[n]
-            params[module.base_param] = module.weight + module.to_native(delta.to(module.weight.device))
+        params = {self.modules[n].base_param: self.updated_weight(n, delta) for n, delta in updates.items()}
         return torch.func.functional_call(base, params, args=(), kwargs=kwargs).last_hidden_state
+
+    def _read_targets(self, hidden: torch.Tensor, batch: EncodedBatch) -> TargetLogits:
+        """Logits and labels at ``batch``'s answer-predicting positions of the final hidden states.
+
+        With a device_map, the hidden states, the LM head and the batch may sit on different devices.
+        """
+        rows, cols = batch.target_positions.to(hidden.device).nonzero(as_tuple=True)
+        logits = self._logits(hidden[rows, cols])
+        labels = batch.labels.to(hidden.device)[rows, cols + 1]
+        return TargetLogits(logits, labels.to(logits.device), rows.to(logits.device), len(batch))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.get_output_embeddings()(hidden).float()
@@ -195,15 +239,18 @@ class EditableModel:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def target_logits(self, batch: EncodedBatch, updates: Updates | None = None) -> TargetLogits:
+    def target_logits(
+        self, batch: EncodedBatch, updates: Updates | None = None, *, enable_grad: bool = False
+    ) -> TargetLogits:
         """Logits at the answer-predicting positions, optionally under a candidate update.
 
         The candidate is not committed: the weights are untouched, and when ``updates`` carry
-        gradients the result is differentiable with respect to them.
+        gradients the result is differentiable with respect to them. ``enable_grad=True`` builds the
+        graph anyway, e.g. to differentiate through vectors added by ``add_to_output``.
         """
         batch = batch.to(self.input_device())
-        parts_logits, parts_labels, parts_rows = [], [], []
-        grad = bool(updates) and any(u.requires_grad for u in updates.values())
+        parts: list[TargetLogits] = []
+        grad = enable_grad or (bool(updates) and any(u.requires_grad for u in updates.values()))
         with torch.set_grad_enabled(grad):
             for start in range(0, len(batch), self.eval_batch_size):
                 chunk = EncodedBatch(
@@ -211,14 +258,14 @@ class EditableModel:
                     batch.attention_mask[start : start + self.eval_batch_size],
                     batch.labels[start : start + self.eval_batch_size],
                 )
-                hidden = self._hidden_states(chunk, updates)
-                positions = chunk.target_positions
-                rows, cols = positions.nonzero(as_tuple=True)
-                parts_logits.append(self._logits(hidden[rows, cols]))
-                parts_labels.append(chunk.labels[rows, cols + 1])
-                parts_rows.append(rows + start)
+                part = self._read_targets(self._hidden_states(chunk, updates), chunk)
+                part.rows = part.rows + start
+                parts.append(part)
         return TargetLogits(
-            torch.cat(parts_logits), torch.cat(parts_labels), torch.cat(parts_rows), len(batch)
+            torch.cat([p.logits for p in parts]),
+            torch.cat([p.labels for p in parts]),
+            torch.cat([p.rows for p in parts]),
+            len(batch),
         )
 
     # -------------------------------------------------------------------------------------- trace
@@ -244,21 +291,100 @@ class EditableModel:
                 hidden = self.model.base_model(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
                 ).last_hidden_state
-                positions = batch.target_positions
-                rows, cols = positions.nonzero(as_tuple=True)
-                target = TargetLogits(
-                    self._logits(hidden[rows, cols]), batch.labels[rows, cols + 1], rows, len(batch)
-                )
-                loss = target.nll().mean()
+                loss = self._read_targets(hidden, batch).nll().mean()
                 grads = torch.autograd.grad(loss, [outputs[n] for n in self.modules])
         finally:
             for w in weights:
                 w.requires_grad_(False)
             for h in handles:
                 h.remove()
-        keys = {n: inputs[n][rows, cols].float() for n in self.modules}
-        value_grads = {n: g[rows, cols].float() for n, g in zip(self.modules, grads, strict=True)}
-        return Trace(keys, value_grads, rows, float(loss.detach()))
+        rows, cols = batch.target_positions.nonzero(as_tuple=True)
+        device = self.device  # with a device_map, gather every module's tokens on one device
+
+        def at_targets(t: torch.Tensor) -> torch.Tensor:
+            return t[rows.to(t.device), cols.to(t.device)].to(device=device, dtype=torch.float32)
+
+        keys = {n: at_targets(inputs[n]) for n in self.modules}
+        value_grads = {n: at_targets(g) for n, g in zip(self.modules, grads, strict=True)}
+        return Trace(keys, value_grads, rows.to(device), float(loss.detach()))
+
+    # ------------------------------------------------------- activations, for closed-form editors
+    def _named_module(self, name: str) -> nn.Module:
+        module = dict(self.model.named_modules()).get(name)
+        if module is None:
+            raise ValueError(f"module {name!r} is not in the model ({type(self.model).__name__})")
+        return module
+
+    @torch.no_grad()
+    def hidden_at(
+        self,
+        batch: EncodedBatch,
+        module_names: Sequence[str],
+        positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        output: bool = False,
+        updates: Updates | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """What named modules read (their input) or, with ``output=True``, write at ``positions``.
+
+        Any module can be named: an edit module's input is its key, a decoder layer's output the
+        residual stream after it. ``positions`` is (rows, cols) into ``batch``; None reads every
+        attended token. One forward pass without gradients, at the current weights or at the
+        candidate ``updates`` (not committed). Returns {name: (P, d)} fp32 tensors on ``self.device``.
+        """
+        batch = batch.to(self.input_device())
+        if positions is None:
+            positions = batch.attention_mask.nonzero(as_tuple=True)
+        rows, cols = positions
+        found: dict[str, torch.Tensor] = {}
+
+        def hook(name):
+            def record(_module, args, kwargs, out):
+                value = out if output else (args[0] if args else kwargs["hidden_states"])
+                value = value[0] if isinstance(value, tuple) else value
+                found[name] = value[rows.to(value.device), cols.to(value.device)]
+
+            return record
+
+        handles = [
+            self._named_module(n).register_forward_hook(hook(n), with_kwargs=True) for n in module_names
+        ]
+        try:
+            self._hidden_states(batch, updates)
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: found[n].to(device=self.device, dtype=torch.float32) for n in module_names}
+
+    @contextmanager
+    def add_to_output(
+        self, module_name: str, positions: tuple[torch.Tensor, torch.Tensor], vectors: torch.Tensor
+    ) -> Iterator[None]:
+        """Inside the block, every forward pass adds ``vectors[i]`` to the module's output at
+        ``positions[i]`` = (rows[i], cols[i]).
+
+        Adding to an MLP's output projection shifts the residual stream at that layer (how MEMIT finds
+        its target vectors); the addition is differentiable in ``vectors``. Rows index each forward
+        pass's batch, so a batch read inside must fit one pass (``eval_batch_size`` rows).
+        """
+        rows, cols = positions
+
+        def add(_module, _args, out):
+            hidden = out[0] if isinstance(out, tuple) else out
+            if int(rows.max()) >= hidden.shape[0]:
+                raise ValueError(
+                    f"add_to_output: row {int(rows.max())} is outside this forward pass's "
+                    f"{hidden.shape[0]} rows (keep the batch within eval_batch_size={self.eval_batch_size})"
+                )
+            index = (rows.to(hidden.device), cols.to(hidden.device))
+            hidden = hidden.index_put(index, vectors.to(hidden.device, hidden.dtype), accumulate=True)
+            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+        handle = self._named_module(module_name).register_forward_hook(add)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:

@@ -406,7 +406,7 @@ class LifelongEditEnv(gym.Env):
         if self.timing:  # off by default: wall times differ between runs, and check_env compares infos
             info["time"] = dict(clock.totals)
         self._last_info = info
-        return self._observation(), -float(total), terminated, False, info
+        return self._observation(), -float(total.detach()), terminated, False, info
 
     def render(self):
         if self.render_mode != "ansi":

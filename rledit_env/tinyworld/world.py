@@ -159,14 +159,14 @@ class TinyWorldConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     # training
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 0.01
     # Extra weight of answer tokens in the LM loss: the facts are what must be memorised; the rest of
     # each sentence (templates, unpredictable subject names) is learnt anyway.
-    answer_loss_weight: float = 1.0
+    answer_loss_weight: float = 8.0
     batch_size: int = 128
     warmup_steps: int = 100
-    schedule_steps: int = 1200  # cosine decay length; training goes on at the floor rate up to max_steps
+    schedule_steps: int = 1000  # cosine decay length; training goes on at the floor rate up to max_steps
     max_steps: int = 4000
     eval_every: int = 100
     target_accuracy: float = 0.995
@@ -195,7 +195,7 @@ class TinyWorldConfig:
         return cls(
             num_entities=30, num_relations=8, num_values=6, vocab_size=512, hidden_size=64,
             num_layers=2, num_heads=2, intermediate_size=256, learning_rate=5e-3, batch_size=64,
-            warmup_steps=30, schedule_steps=800, max_steps=3000, eval_every=50,
+            warmup_steps=30, schedule_steps=400, max_steps=2000, eval_every=25,
         )  # fmt: skip
 
     @classmethod

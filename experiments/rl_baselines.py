@@ -9,6 +9,7 @@ training-split episodes of ``train_batches`` x n edits, for a fixed budget of en
 fine-tuning (plain gradient steps) and no-edit come from ``experiments.lifelong_agents`` with its
 TinyWorld settings (RLEdit also trains on ``train_batches``-batch sequences there). Every agent then
 edits the same T x n sequence of the eval split, from the original model; one row per agent.
+Run it from the repository root (it imports the example agent from examples/).
 """
 
 from __future__ import annotations

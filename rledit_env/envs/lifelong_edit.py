@@ -541,7 +541,7 @@ class LifelongEditEnv(gym.Env):
             gen + cfg.loc_coef * loc_losses.get(b, zero) for b, gen in zip(window, gen_losses, strict=True)
         ]
         weights = [cfg.decay**j for j in range(len(window))]
-        reg = sum((d.float().pow(2).sum() for d in updates.values()), zero)
+        reg = sum((d.float().pow(2).sum().to(zero.device) for d in updates.values()), zero)
         backtrack = sum((w * x for w, x in zip(weights[1:], per_batch[1:], strict=True)), zero)
         total = per_batch[0] + backtrack + cfg.reg_coef * reg
         return {

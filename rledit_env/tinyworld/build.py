@@ -299,13 +299,25 @@ def _build_lock(path: pathlib.Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_tinyworld(config: TinyWorldConfig, target: pathlib.Path, progress: bool = True) -> None:
     """Train the world's tokenizer and model and save them to ``target`` (written whole, or not at all)."""
     start = time.perf_counter()
     world = TinyWorld(config)
     tokenizer = build_tokenizer(world)
     model = build_model(config, tokenizer)
-    accuracy = train_model(model, tokenizer, world, progress=progress)
+    with _torch_threads(config.num_threads):
+        accuracy = train_model(model, tokenizer, world, progress=progress)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

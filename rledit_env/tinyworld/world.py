@@ -170,6 +170,10 @@ class TinyWorldConfig:
     max_steps: int = 4000
     eval_every: int = 100
     target_accuracy: float = 0.995
+    # CPU threads for pretraining (restored afterwards; 0 = torch's current setting). Not part of the
+    # key. These matrices are small: a second thread gains ~1.3x on an idle machine but costs 10-40x
+    # when other processes share the cores (OpenMP threads spin at every op's barrier).
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_relations <= MAX_RELATIONS:
@@ -214,7 +218,7 @@ class TinyWorldConfig:
 
     def key(self) -> str:
         """A short stable hash of this config and of the relation table (so editing it invalidates caches)."""
-        payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_threads"}
         payload["_tables"] = [_RELATIONS, sorted(_PLAIN_VALUES.items()), sorted(_MADE_UP_SUFFIX.items())]
         payload["_format"] = 1  # bump when the world generator or training recipe changes
         blob = json.dumps(payload, sort_keys=True, default=list).encode()

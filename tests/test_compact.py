@@ -143,7 +143,7 @@ def test_action_asks_each_edit_for_its_rms_output_change_along_its_gradient():
         for i in range(3):
             rows = edits == i
             rms = np.sqrt((values[rows] ** 2).sum(1).mean())
-            np.testing.assert_allclose(rms, 2.0 * math.exp(math.log(10) * a[i]), rtol=1e-5)
+            np.testing.assert_allclose(rms, 2.0 * math.exp(math.log(100) * a[i]), rtol=1e-5)
             cosine = (values[rows] * grads[rows]).sum() / (
                 np.linalg.norm(values[rows]) * np.linalg.norm(grads[rows])
             )

@@ -22,6 +22,7 @@ def test_cem_finds_better_steps_than_a_too_small_start(tmp_path):
     assert not np.allclose(agent.mean, start)
     after = run_episode(env, agent, seed=0)  # held-out edits: what was learnt transfers
     assert after["return"] > before["return"] + 0.5
+    assert after["metrics"]["eff_acc"] > before["metrics"]["eff_acc"]
 
     agent.save(tmp_path / "cem.pt")
     loaded = CEMStepSizes.load(tmp_path / "cem.pt", env)

@@ -1,6 +1,6 @@
 """Standard RL algorithms against RLEdit on TinyWorld's held-out edits, in one reproducible run.
 
-    python -m experiments.rl_baselines                              # tinyworld, 20 batches x 10 edits
+    python -m experiments.rl_baselines --threads 1                  # tinyworld, 20 batches x 10 edits
     python -m experiments.rl_baselines --model tinyworld-tiny --batches 5 --batch-size 4   # a quick look
 
 PPO and SAC (stable-baselines3, ``MlpPolicy``, unchanged) and the cross-entropy-method example agent
@@ -97,9 +97,9 @@ def compare(
     batch_size: int = 10,
     seed: int = 0,
     train_batches: int = 5,
-    sb3_steps: int = 1000,
-    cem_episodes: int = 48,
-    rledit_episodes: int = 40,
+    sb3_steps: int = 400,
+    cem_episodes: int = 32,
+    rledit_episodes: int = 30,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The comparison table: PPO, SAC, the CEM example, RLEdit, fine-tuning and no-edit.
@@ -142,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--batch-size", type=int, default=10, help="n, edits per batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-batches", type=int, default=5, help="T of the training episodes")
-    parser.add_argument("--sb3-steps", type=int, default=1000, help="training steps for PPO and SAC each")
-    parser.add_argument("--cem-episodes", type=int, default=48)
-    parser.add_argument("--rledit-episodes", type=int, default=40)
+    parser.add_argument("--sb3-steps", type=int, default=400, help="training steps for PPO and SAC each")
+    parser.add_argument("--cem-episodes", type=int, default=32)
+    parser.add_argument("--rledit-episodes", type=int, default=30)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (1 is best on shared cores)")
     parser.add_argument("--csv", help="also write the table here")
     parser.add_argument("--no-progress", action="store_true")

@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
-from rledit_env.tokenization import IGNORE_INDEX, encode_batch, encode_one
+from rledit_env.tokenization import IGNORE_INDEX, encode_one
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 MAX_POSITIONS = 64
@@ -117,15 +117,72 @@ def build_model(config: TinyWorldConfig, tokenizer: PreTrainedTokenizerFast) -> 
     return GPT2LMHeadModel(model_config)
 
 
-def _fact_queries(world: TinyWorld) -> tuple[list[str], list[str], list[tuple[str, int]]]:
-    """(prompts, answers, (relation, template index)) for every fact under every template."""
-    prompts, answers, groups = [], [], []
-    for fact in world.facts:
-        for t in range(len(world.templates[fact.relation])):
-            prompts.append(world.prompt(fact.subject, fact.relation, t))
-            answers.append(fact.object)
-            groups.append((fact.relation, t))
-    return prompts, answers, groups
+@dataclasses.dataclass
+class _Queries:
+    """Every fact under every template, tokenised once and right-padded (rows in world.facts order)."""
+
+    input_ids: torch.Tensor  # (N, L)
+    attention: torch.Tensor  # (N, L)
+    answer_labels: torch.Tensor  # (N, L): answer token ids, IGNORE_INDEX elsewhere
+    lengths: torch.Tensor  # (N,)
+    groups: list[tuple[str, int]]  # (relation, template index) of each row
+
+    @classmethod
+    def build(cls, tokenizer, world: TinyWorld) -> _Queries:
+        rows, groups = [], []
+        for fact in world.facts:
+            for t in range(len(world.templates[fact.relation])):
+                rows.append(encode_one(tokenizer, world.prompt(fact.subject, fact.relation, t), fact.object))
+                groups.append((fact.relation, t))
+        n, length = len(rows), max(len(ids) for ids, _ in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
+        input_ids = torch.full((n, length), pad, dtype=torch.long)
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, labs) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(labs)] = torch.tensor(labs)
+        lengths = torch.tensor([len(ids) for ids, _ in rows])
+        attention = (torch.arange(length)[None] < lengths[:, None]).long()
+        return cls(input_ids, attention, labels, lengths, groups)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Batches of row indices of similar length (so little compute goes on padding), in random
+        order when a generator is given; each comes with its trimmed width."""
+        chunk = batch_size * 16
+        out = []
+        for part in order.split(chunk):
+            part = part[torch.sort(self.lengths[part], stable=True).indices]
+            out.extend(part.split(batch_size))
+        if generator is not None:
+            out = [out[i] for i in torch.randperm(len(out), generator=generator).tolist()]
+        return [(idx, int(self.lengths[idx].max())) for idx in out]
+
+
+def _answer_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every answer token (label != IGNORE_INDEX) is predicted by argmax at the position before."""
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    is_answer = target != IGNORE_INDEX
+    return ((predicted == target) | ~is_answer).all(-1)
+
+
+@torch.no_grad()
+def _accuracy(model, queries: _Queries, world: TinyWorld, batch_size: int) -> dict:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros(len(queries.groups), dtype=torch.bool)
+    for idx, width in queries.batches(torch.arange(len(queries.groups)), batch_size):
+        logits = model(
+            input_ids=queries.input_ids[idx, :width].to(device),
+            attention_mask=queries.attention[idx, :width].to(device),
+            use_cache=False,
+        ).logits
+        correct[idx] = _answer_correct(logits, queries.answer_labels[idx, :width].to(device)).cpu()
+    model.train(was_training)
+    return _summarise(correct.tolist(), queries.groups, world)
 
 
 def _summarise(correct: list[bool], groups: list[tuple[str, int]], world: TinyWorld) -> dict:
@@ -148,32 +205,13 @@ def _summarise(correct: list[bool], groups: list[tuple[str, int]], world: TinyWo
     }
 
 
-@torch.no_grad()
 def fact_accuracy(model, tokenizer, world: TinyWorld, batch_size: int = 256) -> dict:
     """Teacher-forced top-1 accuracy on every true fact under every template.
 
     A query counts as correct only if every answer token is the argmax. Returns "overall",
     "per_relation", "per_template" (keyed by the template string), "min_template" and "num_queries".
     """
-    prompts, answers, groups = _fact_queries(world)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct: list[bool] = []
-    for i in range(0, len(prompts), batch_size):
-        batch = encode_batch(tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size], device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        correct.extend(_answer_correct(logits, batch.labels).tolist())
-    model.train(was_training)
-    return _summarise(correct, groups, world)
-
-
-def _answer_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: every answer token (label != IGNORE_INDEX) is predicted by argmax at the position before."""
-    predicted = logits[:, :-1].argmax(-1)
-    target = labels[:, 1:]
-    is_answer = target != IGNORE_INDEX
-    return ((predicted == target) | ~is_answer).all(-1)
+    return _accuracy(model, _Queries.build(tokenizer, world), world, batch_size)
 
 
 def train_model(
@@ -188,20 +226,13 @@ def train_model(
     near the target. Raises RuntimeError if ``max_steps`` pass without reaching it.
     """
     config = world.config
-    prompts, answers, groups = _fact_queries(world)
-    rows = [encode_one(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
-    n, length = len(rows), max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((n, length), tokenizer.pad_token_id, dtype=torch.long)
-    answer_labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
-    lengths = torch.zeros(n, dtype=torch.long)
-    for i, (ids, labels) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        answer_labels[i, : len(labels)] = torch.tensor(labels)
-        lengths[i] = len(ids)
-    attention = (torch.arange(length)[None] < lengths[:, None]).long()
-    lm_labels = input_ids.masked_fill(attention == 0, IGNORE_INDEX)
-    group_ids = torch.tensor([sorted(set(groups)).index(g) for g in groups])
-    num_groups = int(group_ids.max()) + 1
+    q = _Queries.build(tokenizer, world)
+    n = len(q.groups)
+    lm_labels = q.input_ids.masked_fill(q.attention == 0, IGNORE_INDEX)
+    loss_weight = q.attention + (config.answer_loss_weight - 1) * (q.answer_labels != IGNORE_INDEX)
+    group_names = sorted(set(q.groups))
+    group_ids = torch.tensor([group_names.index(g) for g in q.groups])
+    group_sizes = torch.bincount(group_ids, minlength=len(group_names))
 
     model.train()
     no_decay = [p for name, p in model.named_parameters() if p.ndim < 2 or "norm" in name or "ln_" in name]
@@ -224,51 +255,50 @@ def train_model(
     generator = torch.Generator().manual_seed(config.seed)
     seen_correct = torch.zeros(n, dtype=torch.bool)
 
-    def batches() -> Iterator[torch.Tensor]:
+    def batches() -> Iterator[tuple[torch.Tensor, int]]:
         while True:
-            yield from torch.randperm(n, generator=generator).split(config.batch_size)
+            yield from q.batches(torch.randperm(n, generator=generator), config.batch_size, generator)
 
     result: dict | None = None
     history: list[tuple[int, float, float]] = []  # (step, loss, running accuracy), kept in the metadata
     bar = tqdm(total=config.max_steps, desc=f"TinyWorld {config.arch} pretraining", disable=not progress)
     with bar:
-        for step, idx in zip(range(config.max_steps), batches(), strict=False):
-            width = int(lengths[idx].max())  # trim the padding this batch does not need
-            logits = model(input_ids=input_ids[idx, :width], attention_mask=attention[idx, :width]).logits
+        for step, (idx, width) in zip(range(config.max_steps), batches(), strict=False):
+            logits = model(
+                input_ids=q.input_ids[idx, :width], attention_mask=q.attention[idx, :width], use_cache=False
+            ).logits
             token_loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].transpose(1, 2),
                 lm_labels[idx, 1:width],
                 ignore_index=IGNORE_INDEX,
                 reduction="none",
             )
-            weight = attention[idx, 1:width] + (config.answer_loss_weight - 1) * (
-                answer_labels[idx, 1:width] != IGNORE_INDEX
-            )
+            weight = loss_weight[idx, 1:width]
             loss = (token_loss * weight).sum() / weight.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            seen_correct[idx] = _answer_correct(logits.detach(), answer_labels[idx, :width])
+            seen_correct[idx] = _answer_correct(logits.detach(), q.answer_labels[idx, :width])
             bar.update(1)
             if (step + 1) % config.eval_every:
                 continue
-            group_acc = torch.zeros(num_groups).index_add_(0, group_ids, seen_correct.float())
-            group_acc /= torch.bincount(group_ids, minlength=num_groups)
+            group_acc = (
+                torch.zeros(len(group_names)).index_add_(0, group_ids, seen_correct.float()) / group_sizes
+            )
             history.append((step + 1, round(loss.item(), 4), round(seen_correct.float().mean().item(), 4)))
             bar.set_postfix(loss=f"{history[-1][1]:.3f}", acc=f"{history[-1][2]:.3f}")
             # The running figures lag (each is from the sentence's last visit), so check a little early.
-            if group_acc.min() >= config.target_accuracy - 0.01:
-                result = fact_accuracy(model, tokenizer, world)
-                model.train()
+            if group_acc.min() >= config.target_accuracy - 0.005:
+                result = _accuracy(model, q, world, batch_size=256)
                 if result["min_template"] >= config.target_accuracy:
                     result.update(steps=step + 1, history=history)
                     break
                 result = None
     model.eval()
     if result is None:
-        final = fact_accuracy(model, tokenizer, world)
+        final = _accuracy(model, q, world, batch_size=256)
         raise RuntimeError(
             f"TinyWorld model did not reach {config.target_accuracy:.1%} accuracy on every template within "
             f"{config.max_steps} steps (overall {final['overall']:.2%}, worst template "
@@ -331,6 +361,9 @@ def build_tinyworld(config: TinyWorldConfig, target: pathlib.Path, progress: boo
             "build_seconds": round(time.perf_counter() - start, 1),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        # mkdtemp (and safetensors) create owner-only modes; a cache is readable like any model folder.
+        for path in [tmp, *tmp.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         os.rename(tmp, target)  # atomic: readers see either nothing or the complete directory
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
 from rledit_env.tokenization import IGNORE_INDEX, encode_one
@@ -340,6 +341,19 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Silence transformers' own progress bars (weight loading, shard writing) when ``progress`` is off."""
+    before = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
+
+
 def build_tinyworld(config: TinyWorldConfig, target: pathlib.Path, progress: bool = True) -> None:
     """Train the world's tokenizer and model and save them to ``target`` (written whole, or not at all)."""
     start = time.perf_counter()
@@ -351,8 +365,9 @@ def build_tinyworld(config: TinyWorldConfig, target: pathlib.Path, progress: boo
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with _hf_progress(progress):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         meta = {
             "config": dataclasses.asdict(config),
             "key": config.key(),
@@ -415,6 +430,7 @@ def load_tinyworld(
     """
     config = _resolve(config)
     path = tinyworld_model_dir(config, cache_dir=cache_dir, progress=progress)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with _hf_progress(progress):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, TinyWorld(config)

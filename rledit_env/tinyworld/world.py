@@ -220,7 +220,7 @@ class TinyWorldConfig:
         """A short stable hash of this config and of the relation table (so editing it invalidates caches)."""
         payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_threads"}
         payload["_tables"] = [_RELATIONS, sorted(_PLAIN_VALUES.items()), sorted(_MADE_UP_SUFFIX.items())]
-        payload["_format"] = 1  # bump when the world generator or training recipe changes
+        payload["_format"] = 2  # bump when the world generator or training recipe changes
         blob = json.dumps(payload, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

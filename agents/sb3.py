@@ -146,6 +146,8 @@ class SB3Agent(EditAgent):
         env = self._training_env() if own_env else train_env
         wrapper = CompactEditWrapper(env, self.config)
         self.model.set_env(wrapper)
+        # the episodes, like the model's own randomness, follow the seed (unseeded envs draw from the OS)
+        self.model.env.seed(self.config.seed + self.model.num_timesteps)
         callbacks: list[BaseCallback] = [EditMetricsCallback()]
         if callback is not None:
             callback.on_training_start(self)

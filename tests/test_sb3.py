@@ -138,6 +138,20 @@ def test_agent_learn_trains_a_fresh_model_and_calls_back():
     assert {"return", "eff", "gen", "spe"} <= set(callback.logs[0])
 
 
+def test_agent_learn_is_reproducible_from_the_seed():
+    def trained(seed: int) -> list[torch.Tensor]:
+        config = SB3AgentConfig(
+            seed=seed, algorithm="SAC", algorithm_kwargs={"learning_starts": 4, "batch_size": 4}
+        )
+        agent = SB3Agent(tiny_env(**EPISODE), config=config)
+        agent.learn(6, train_env=tiny_env(split="train", **EPISODE), progress_bar=False)
+        return [p.detach().clone() for p in agent.model.policy.parameters()]
+
+    first, again, other = trained(0), trained(0), trained(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
 def test_agent_learn_defaults_to_the_training_split_and_gives_the_weights_back():
     env = tiny_env(**EPISODE)
     before = model_state(env)

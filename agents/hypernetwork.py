@@ -253,11 +253,9 @@ class HyperNetworkEditor(EditAgent):
         The model's weights are as before when this returns.
         """
         episodes = self.config.train_episodes if episodes is None else episodes
-        env = self.training_env(train_env, num_batches=1)
-        core = env.unwrapped
         callback = callback or Callback()
-        callback.on_training_start(self)
-        with self._keeping_weights(), tqdm(range(episodes), desc=self.name, disable=not progress_bar) as bar:
+        with self._session(episodes, train_env, callback, progress_bar, num_batches=1) as (env, bar):
+            core = env.unwrapped
             for _ in bar:
                 start = time.perf_counter()
                 obs, _ = env.reset(seed=self._episode_seed())
@@ -274,14 +272,14 @@ class HyperNetworkEditor(EditAgent):
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 if not self._end_episode(logs, start, callback):
                     break
-        callback.on_training_end(self)
         return self
 
     def training_env(self, train_env: gym.Env | None, **settings) -> gym.Env:
         """``train_env`` if given (checked), else an env on the model's "train" split with ``settings``.
 
-        The default shares the model with ``self.env`` and snapshots its weights as they are now, so
-        build it (call ``learn``) while the model is unedited.
+        The default shares the model with ``self.env``: it first puts the edit modules back to
+        ``self.env``'s initial weights, which the new env then restores on every reset (``learn`` gives
+        the model back as it found it).
         """
         from rledit_env.envs import LifelongEditEnv
         from rledit_env.models import LoadedModel
@@ -306,15 +304,23 @@ class HyperNetworkEditor(EditAgent):
             "obs_backend": "torch",
             **settings,
         }
+        core.editable.restore(core.initial_weights)  # train from the unedited model, whatever ran before
         loaded = LoadedModel(core.editable, core.splits)
         return LifelongEditEnv(loaded, split="train", action_type=self.action_type, **settings)
 
     @contextlib.contextmanager
-    def _keeping_weights(self) -> Iterator[None]:
-        """Training may commit edits (RLEdit's episodes); give the model back as it was."""
+    def _session(
+        self, episodes: int, train_env: gym.Env | None, callback: Callback, progress_bar: bool, **settings
+    ) -> Iterator[tuple[gym.Env, tqdm]]:
+        """A training run: (training env, progress bar over episodes), with the callback's start and end
+        hooks; the model's weights are given back as they were (RLEdit's episodes commit edits)."""
         snapshot = self.core.editable.snapshot()
         try:
-            yield
+            env = self.training_env(train_env, **settings)
+            callback.on_training_start(self)
+            with tqdm(range(episodes), desc=self.name, disable=not progress_bar) as bar:
+                yield env, bar
+            callback.on_training_end(self)
         finally:
             self.core.editable.restore(snapshot)
 

@@ -8,7 +8,6 @@ import time
 from collections import defaultdict
 
 import gymnasium as gym
-from tqdm.auto import tqdm
 
 from agents.base import Callback
 from agents.hypernetwork import HyperNetworkConfig
@@ -73,8 +72,9 @@ class RLEdit(MALMEN):
     - As in the reference, the normaliser keeps updating during lifelong use unless
       ``update_stats_in_use=False``.
 
-    The paper's meta learning rate 1e-5 is for 7-9B models trained on thousands of sequences; small
-    models trained for minutes (TinyWorld) need a larger ``meta_lr`` (see experiments.lifelong_agents).
+    The paper's step sizes (initial lr 1e-6, meta lr 1e-5) are set for 7-9B models; TinyWorld's keys and
+    value gradients are on another scale and its training lasts minutes, so it needs larger ones
+    (``experiments.lifelong_agents.TINYWORLD_CONFIGS``).
     """
 
     Config = RLEditConfig
@@ -96,23 +96,21 @@ class RLEdit(MALMEN):
         """
         cfg = self.config
         episodes = cfg.train_episodes if episodes is None else episodes
-        env = self.training_env(
-            train_env,
-            num_batches=cfg.train_num_batches or self.core.num_batches,
-            differentiable=True,
-            backtrack_depth=cfg.backtrack_depth,
-            decay=cfg.decay,
-            loc_coef=cfg.loc_coef,
-            reg_coef=cfg.reg_coef,
-        )
-        if not env.unwrapped.differentiable:
-            raise ValueError(
-                "RLEdit trains through the reward's gradient: train_env needs differentiable=True"
-            )
         callback = callback or Callback()
-        callback.on_training_start(self)
+        settings = {
+            "num_batches": cfg.train_num_batches or self.core.num_batches,
+            "differentiable": True,
+            "backtrack_depth": cfg.backtrack_depth,
+            "decay": cfg.decay,
+            "loc_coef": cfg.loc_coef,
+            "reg_coef": cfg.reg_coef,
+        }
         pending = 0  # episodes or steps whose gradients wait for an optimiser step
-        with self._keeping_weights(), tqdm(range(episodes), desc=self.name, disable=not progress_bar) as bar:
+        with self._session(episodes, train_env, callback, progress_bar, **settings) as (env, bar):
+            if not env.unwrapped.differentiable:
+                raise ValueError(
+                    "RLEdit trains through the reward's gradient: train_env needs differentiable=True"
+                )
             for _ in bar:
                 start = time.perf_counter()
                 obs, _ = env.reset(seed=self._episode_seed())
@@ -136,5 +134,4 @@ class RLEdit(MALMEN):
                     break
             if pending:  # the last, partial accumulation
                 self._optimizer_step()
-        callback.on_training_end(self)
         return self

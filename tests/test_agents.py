@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import model_state, tiny_env
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from agents import (
     MALMEN,
@@ -210,3 +211,16 @@ def test_finetune_descends_its_objective_from_the_observed_gradient_within_the_n
     assert all(float(d.norm()) <= 0.5 + 1e-6 for d in bounded.values())
     with pytest.raises(ValueError, match="objective"):
         FineTuneConfig(objective="paraphrases")
+
+
+def test_training_after_an_episode_starts_from_the_unedited_model_and_gives_the_edits_back():
+    env, first = make("malmen", num_batches=2, batch_size=3)
+    first.learn(2, progress_bar=False)
+    second = MALMEN(env, first.config)
+    run_episode(env, MALMEN(env, first.config), seed=0)  # leaves the shared model edited
+    edited = model_state(env)
+    second.learn(2, progress_bar=False)
+    # the same network on the same training episodes from the same weights: the same losses
+    assert [e["loss"] for e in second.training_log] == [e["loss"] for e in first.training_log]
+    after = model_state(env)
+    assert all(torch.equal(edited[k], after[k]) for k in edited)

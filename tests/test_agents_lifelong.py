@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from experiments.lifelong_agents import evaluate_agents, main
 

@@ -283,6 +283,11 @@ class LifelongEditEnv(gym.Env):
 
     # ------------------------------------------------------------------------------ public surface
     @property
+    def initial_weights(self) -> dict[str, torch.Tensor]:
+        """The edit modules' weights every reset restores (do not modify; e.g. to build a training env)."""
+        return self._initial_weights
+
+    @property
     def current_records(self) -> list[EditRecord]:
         """The batch K_t the next action edits (closed-form editors read subjects from it)."""
         self._require_running()

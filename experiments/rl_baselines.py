@@ -24,7 +24,7 @@ import torch
 from agents import run_episode
 from agents.sb3 import SB3Agent, SB3AgentConfig
 from examples.cem_agent import CEMConfig, CEMStepSizes
-from experiments.lifelong_agents import METRICS, evaluate_agents
+from experiments.lifelong_agents import METRICS, TRAIN_EPISODES, evaluate_agents
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.models import LoadedModel, load_model
 
@@ -99,15 +99,18 @@ def compare(
     train_batches: int = 5,
     sb3_steps: int = 400,
     cem_episodes: int = 32,
-    rledit_episodes: int = 30,
+    rledit_episodes: int | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The comparison table: PPO, SAC, the CEM example, RLEdit, fine-tuning and no-edit.
 
     ``sb3_steps``: environment steps for PPO and SAC each (``sb3_steps // train_batches`` training
     episodes); ``cem_episodes``: training episodes for CEM; ``rledit_episodes``: RLEdit's training
-    sequences. All on ``train_batches`` x ``batch_size`` training episodes.
+    sequences (None: ``experiments.lifelong_agents``' TinyWorld budget). All on ``train_batches`` x
+    ``batch_size`` training episodes.
     """
+    if rledit_episodes is None:
+        rledit_episodes = TRAIN_EPISODES["rledit"]
     library = evaluate_agents(
         model,
         num_batches,
@@ -144,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--train-batches", type=int, default=5, help="T of the training episodes")
     parser.add_argument("--sb3-steps", type=int, default=400, help="training steps for PPO and SAC each")
     parser.add_argument("--cem-episodes", type=int, default=32)
-    parser.add_argument("--rledit-episodes", type=int, default=30)
+    parser.add_argument("--rledit-episodes", type=int, help="default: lifelong_agents' TinyWorld budget")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (1 is best on shared cores)")
     parser.add_argument("--csv", help="also write the table here")
     parser.add_argument("--no-progress", action="store_true")

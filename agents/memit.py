@@ -17,7 +17,9 @@ Locate-then-edit, in closed form, for each batch of edits:
 
 The environment must be made with the MLP output projections as edit modules
 (``MEMIT.preferred_edit_modules(config)``), since the update is written there. Records without a
-subject in their prompt (FEVER has none) use the prompt's last token, and skip the KL term.
+subject in their prompt (FEVER has none) use the prompt's last token, and skip the KL term;
+``lookup="last"`` uses the last token for every record (for models that recall facts there, such as
+TinyWorld's, see ``experiments.closed_form_lifelong``).
 """
 
 from __future__ import annotations

@@ -106,6 +106,46 @@ class EditAgent(ABC):
         """Train (no-op for editors that need no training). Returns self."""
         return self
 
+    def training_env(self, train_env: gym.Env | None = None, **settings) -> gym.Env:
+        """Where ``learn`` trains: ``train_env`` if given (checked), else an environment on the model's
+        "train" split with this environment's schedule, reward and ridge lambda, and ``settings`` on top.
+
+        The default shares the model with ``self.env``: it first puts the edit modules back to
+        ``self.env``'s initial weights, which the new env then restores on every reset (``close`` it to
+        give the model back as it was when it was made).
+        """
+        from rledit_env.envs import LifelongEditEnv
+        from rledit_env.models import LoadedModel
+
+        core = self.core
+        if train_env is not None:
+            other = train_env.unwrapped
+            if other.action_type != self.action_type or other.editable.shapes != core.editable.shapes:
+                raise ValueError(
+                    f"train_env must edit the same modules through action_type={self.action_type!r}"
+                )
+            return train_env
+        if "train" not in core.splits:
+            raise ValueError(
+                "this environment's model has no 'train' split of its own: pass train_env= (an environment "
+                "over training edits)"
+            )
+        settings = {
+            "num_batches": core.num_batches,
+            "batch_size": core.batch_size,
+            "ridge_lambda": core.ridge_lambda,
+            "max_update_norm": core.max_update_norm,
+            "max_tokens": core.max_tokens,
+            "evaluate_at_end": False,
+            "probe_texts": [],
+            **dataclasses.asdict(core.reward_config),
+            **settings,
+        }
+        core.editable.restore(core.initial_weights)  # train from the unedited model, whatever ran before
+        return LifelongEditEnv(
+            LoadedModel(core.editable, core.splits), split="train", action_type=self.action_type, **settings
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

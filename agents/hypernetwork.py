@@ -274,39 +274,11 @@ class HyperNetworkEditor(EditAgent):
                     break
         return self
 
-    def training_env(self, train_env: gym.Env | None, **settings) -> gym.Env:
-        """``train_env`` if given (checked), else an env on the model's "train" split with ``settings``.
-
-        The default shares the model with ``self.env``: it first puts the edit modules back to
-        ``self.env``'s initial weights, which the new env then restores on every reset (``learn`` gives
-        the model back as it found it).
-        """
-        from rledit_env.envs import LifelongEditEnv
-        from rledit_env.models import LoadedModel
-
-        if train_env is not None:
-            core = train_env.unwrapped
-            if core.action_type != self.action_type or core.editable.shapes != self.core.editable.shapes:
-                raise ValueError(
-                    f"train_env must edit the same modules through action_type={self.action_type!r}"
-                )
-            return train_env
-        core = self.core
-        if "train" not in core.splits:
-            raise ValueError(
-                "this environment's model has no 'train' split of its own: pass train_env= (an environment "
-                "over training edits)"
-            )
-        settings = {
-            "batch_size": self.config.train_batch_size or core.batch_size,
-            "evaluate_at_end": False,
-            "probe_texts": [],
-            "obs_backend": "torch",
-            **settings,
-        }
-        core.editable.restore(core.initial_weights)  # train from the unedited model, whatever ran before
-        loaded = LoadedModel(core.editable, core.splits)
-        return LifelongEditEnv(loaded, split="train", action_type=self.action_type, **settings)
+    def training_env(self, train_env: gym.Env | None = None, **settings) -> gym.Env:
+        """The base's (``EditAgent.training_env``), with ``train_batch_size`` edits per batch and torch
+        observations."""
+        defaults = {"batch_size": self.config.train_batch_size or self.core.batch_size, "obs_backend": "torch"}
+        return super().training_env(train_env, **{**defaults, **settings})
 
     @contextlib.contextmanager
     def _session(

@@ -70,13 +70,14 @@ class SB3AgentConfig(CompactConfig, AgentConfig):
     """The compact interface's settings (``CompactConfig``), plus how to build a fresh model when none is
     given: ``algorithm`` (a class of ``stable_baselines3``), ``policy`` and ``algorithm_kwargs``;
     ``deterministic`` acting; ``train_num_batches``, the T of the default training episodes (None: the
-    evaluation env's T)."""
+    evaluation env's T); ``train_episodes``, what ``learn()`` trains for when not told."""
 
     algorithm: str = "PPO"
     policy: str = "MlpPolicy"
     algorithm_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     deterministic: bool = True
     train_num_batches: int | None = None
+    train_episodes: int = 100
 
 
 class SB3Agent(EditAgent):
@@ -130,20 +131,24 @@ class SB3Agent(EditAgent):
 
     def learn(
         self,
-        episodes: int = 0,
+        episodes: int | None = None,
         *,
         train_env: gym.Env | None = None,
         callback: Callback | None = None,
         progress_bar: bool = True,
     ) -> SB3Agent:
-        """SB3's ``learn`` for ``episodes`` episodes of ``train_env``, logging the editing metrics with
-        ``EditMetricsCallback``. ``train_env`` (a core env with action_type "values") defaults to one on
-        the model's "train" split with this env's schedule and reward, sharing the model, whose edit
-        modules are given back as they were."""
+        """SB3's ``learn`` for ``episodes`` episodes (default ``config.train_episodes``) of ``train_env``,
+        logging the editing metrics with ``EditMetricsCallback``. ``train_env`` (a core env with
+        action_type "values") defaults to one on the model's "train" split with this env's schedule and
+        reward, sharing the model, whose edit modules are given back as they were."""
+        episodes = self.config.train_episodes if episodes is None else episodes
         if episodes <= 0:
             return self
         own_env = train_env is None
-        env = self._training_env() if own_env else train_env
+        cfg = self.config
+        env = self.training_env(
+            train_env, num_batches=cfg.train_num_batches or self.core.num_batches, evaluate_at_end=True
+        )
         wrapper = CompactEditWrapper(env, self.config)
         self.model.set_env(wrapper)
         # the episodes, like the model's own randomness, follow the seed (unseeded envs draw from the OS)
@@ -165,24 +170,6 @@ class SB3Agent(EditAgent):
         if callback is not None:
             callback.on_training_end(self)
         return self
-
-    def _training_env(self) -> gym.Env:
-        from rledit_env.envs import LifelongEditEnv
-        from rledit_env.models import LoadedModel
-
-        core = self.core
-        if "train" not in core.splits:
-            raise ValueError("this model has no 'train' split of its own: pass train_env= (training edits)")
-        return LifelongEditEnv(
-            LoadedModel(core.editable, core.splits),
-            split="train",
-            num_batches=self.config.train_num_batches or core.num_batches,
-            batch_size=core.batch_size,
-            action_type="values",
-            ridge_lambda=core.ridge_lambda,
-            probe_texts=[],
-            **dataclasses.asdict(core.reward_config),
-        )
 
     def state_dict(self) -> dict[str, Any]:
         buffer = io.BytesIO()

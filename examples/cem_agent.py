@@ -52,17 +52,16 @@ class CEMStepSizes(EditAgent):
 
     def learn(
         self,
-        episodes: int = 0,
+        episodes: int = 32,
         *,
         train_env: gym.Env | None = None,
         callback: Callback | None = None,
         progress_bar: bool = True,
     ) -> CEMStepSizes:
-        """``episodes`` training episodes in all (population episodes per CEM iteration)."""
-        if train_env is None:
-            raise ValueError("CEMStepSizes.learn needs train_env= (an environment over training edits)")
+        """``episodes`` training episodes in all (population episodes per CEM iteration), by default on
+        the model's training edits (``EditAgent.training_env``)."""
         cfg, callback = self.config, callback or Callback()
-        env = CompactEditWrapper(train_env, cfg)
+        env = CompactEditWrapper(self.training_env(train_env), cfg)
         rng = np.random.default_rng(cfg.seed)
         callback.on_training_start(self)
         for iteration in tqdm(range(episodes // cfg.population), desc=self.name, disable=not progress_bar):
@@ -74,6 +73,8 @@ class CEMStepSizes(EditAgent):
             self.mean, self.std = elite.mean(0), np.maximum(elite.std(0), cfg.min_std)
             if callback.on_episode_end(self, iteration, {"return": float(np.mean(returns))}) is False:
                 break
+        if train_env is None:
+            env.close()  # gives the model back as it was
         callback.on_training_end(self)
         return self
 
@@ -93,7 +94,6 @@ class CEMStepSizes(EditAgent):
 
 if __name__ == "__main__":
     setup = {"model": "tinyworld-tiny", "num_batches": 5, "batch_size": 4, "action_type": "values"}
-    agent = CEMStepSizes(LifelongEditEnv(**setup))
-    agent.learn(32, train_env=LifelongEditEnv(split="train", evaluate_at_end=False, probe_texts=[], **setup))
+    agent = CEMStepSizes(LifelongEditEnv(**setup)).learn(32)  # on the model's training split
     print("CEM found (start step, end step) =", agent.mean.round(2))
     print(run_episode(agent.env, agent, seed=0)["metrics"])

@@ -65,9 +65,20 @@ class BenchmarkConfig:
         for schedule in self.schedules:
             parse_schedule(schedule)
         for name in self.agents:
-            agent_spec(name)
+            agent_settings(name, agent_spec(name), self.agent_configs.get(name, {}))
         if not self.seeds:
             raise ValueError("seeds is empty")
+
+
+def agent_settings(name: str, spec: AgentSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config values of agent ``name``: its registry defaults, then the benchmark's ``overrides``;
+    a setting its config does not have is an error (a typo would otherwise pass unnoticed)."""
+    config_cls = spec.load().Config
+    settings = {**spec.defaults, **overrides}
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise ValueError(f"agent_configs[{name!r}]: {config_cls.__name__} has no settings {unknown}")
+    return settings
 
 
 def parse_schedule(text: str) -> tuple[int, int]:
@@ -195,6 +206,7 @@ class Benchmark:
             "edit_time_s": result["edit_time_s"],
             "train_time_s": train_time,
             "stats_time_s": stats_time,
+            "stats_cached": getattr(agent, "stats_from_cache", None),
             "peak_memory_mib": peak_memory_mib(),
         }
         curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
@@ -207,11 +219,8 @@ class Benchmark:
     def _agent(self, name: str, spec: AgentSpec, env: LifelongEditEnv, schedule: str, seed: int):
         """Build the agent; train it (or reuse its checkpoint) when it needs training."""
         cls = spec.load()
-        overrides = {**self.config.agent_configs.get(name, {}), "seed": seed}
-        config = cls.Config(
-            **{k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(cls.Config)}}
-        )
-        agent = cls(env, config)
+        settings = agent_settings(name, spec, self.config.agent_configs.get(name, {}))
+        agent = cls(env, cls.Config(**{**settings, "seed": seed}))
         if not (spec.trainable and spec.train):
             return agent, 0.0
         if name in self.checkpoints:

@@ -277,7 +277,10 @@ class HyperNetworkEditor(EditAgent):
     def training_env(self, train_env: gym.Env | None = None, **settings) -> gym.Env:
         """The base's (``EditAgent.training_env``), with ``train_batch_size`` edits per batch and torch
         observations."""
-        defaults = {"batch_size": self.config.train_batch_size or self.core.batch_size, "obs_backend": "torch"}
+        defaults = {
+            "batch_size": self.config.train_batch_size or self.core.batch_size,
+            "obs_backend": "torch",
+        }
         return super().training_env(train_env, **{**defaults, **settings})
 
     @contextlib.contextmanager

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from rledit_env.cache import cache_root
 from rledit_env.editable import EditableModel
 from rledit_env.tokenization import EncodedBatch
 
@@ -40,10 +41,7 @@ class KeyStats:
 
 def stats_cache_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """``cache_dir``, else $RLEDIT_CACHE/stats, else ~/.cache/rledit_env/stats."""
-    if cache_dir is not None:
-        return pathlib.Path(cache_dir)
-    root = os.environ.get("RLEDIT_CACHE") or pathlib.Path.home() / ".cache" / "rledit_env"
-    return pathlib.Path(root) / "stats"
+    return pathlib.Path(cache_dir) if cache_dir is not None else cache_root() / "stats"
 
 
 @torch.no_grad()

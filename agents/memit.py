@@ -19,7 +19,7 @@ The environment must be made with the MLP output projections as edit modules
 (``MEMIT.preferred_edit_modules(config)``), since the update is written there. Records without a
 subject in their prompt (FEVER has none) use the prompt's last token, and skip the KL term;
 ``lookup="last"`` uses the last token for every record (for models that recall facts there, such as
-TinyWorld's, see ``experiments.closed_form_lifelong``).
+TinyWorld's, see docs/tinyworld-settings.md).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class LocateEditConfig(AgentConfig):
     """What MEMIT and AlphaEdit share: the target vectors' search and the key statistics.
 
     Defaults are the published ones for Llama-3-8B (AlphaEdit's code base, which runs MEMIT too);
-    ``experiments.closed_form_lifelong.TINYWORLD_CONFIGS`` has TinyWorld's.
+    docs/tinyworld-settings.md gives TinyWorld's and why.
     """
 
     z_steps: int = 25  # Adam steps on the target vectors

@@ -74,7 +74,7 @@ class RLEdit(MALMEN):
 
     The paper's step sizes (initial lr 1e-6, meta lr 1e-5) are set for 7-9B models; TinyWorld's keys and
     value gradients are on another scale and its training lasts minutes, so it needs larger ones
-    (``experiments.lifelong_agents.TINYWORLD_CONFIGS``).
+    (docs/tinyworld-settings.md).
     """
 
     Config = RLEditConfig

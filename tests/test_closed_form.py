@@ -1,8 +1,8 @@
 """MEMIT and AlphaEdit as agents, and their cached key statistics, on the tiny TinyWorld model.
 
 The tiny model (2 layers) recalls facts at the prompt's last token rather than at the subject, so the
-edits here look up the last token (``lookup="last"``); the subject lookup runs in the lifelong
-TinyWorld measurement (experiments/closed_form_lifelong.py).
+edits here look up the last token (``lookup="last"``), as the TinyWorld configurations do for the
+default model (docs/tinyworld-settings.md).
 """
 
 from __future__ import annotations

@@ -26,6 +26,19 @@ def test_missing_package_error_names_the_install_command(monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
+def test_conversion_writes_a_complete_model_folder_and_leaves_the_package_alone(tmp_path):
+    if not HAVE_SMOLLM2:
+        pytest.skip(f"SmolLM2 missing: {smollm2.INSTALL_COMMAND}")
+    package = smollm2.find_gguf().parent
+    before = sorted(p.name for p in package.iterdir())
+    folder = smollm2.smollm2_dir(tmp_path)
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", smollm2.META_FILE} <= names
+    assert sorted(p.name for p in package.iterdir()) == before  # written into the cache only
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and "tmp" in p.name] == []
+
+
 @pytest.fixture(scope="module")
 def loaded():
     if not HAVE_SMOLLM2:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -34,6 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from rledit_env.cache import cache_root, cached_build
 from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
 from rledit_env.tokenization import IGNORE_INDEX, encode_one
 
@@ -308,28 +306,6 @@ def train_model(
     return result
 
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> pathlib.Path:
-    if cache_dir is not None:
-        return pathlib.Path(cache_dir)
-    return pathlib.Path(os.environ.get("RLEDIT_CACHE") or pathlib.Path.home() / ".cache" / "rledit_env")
-
-
-@contextlib.contextmanager
-def _build_lock(path: pathlib.Path) -> Iterator[None]:
-    """An advisory inter-process lock (POSIX) so concurrent first uses train only once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename below still keeps the cache consistent
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -354,39 +330,24 @@ def _hf_progress(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_tinyworld(config: TinyWorldConfig, target: pathlib.Path, progress: bool = True) -> None:
-    """Train the world's tokenizer and model and save them to ``target`` (written whole, or not at all)."""
+def build_tinyworld(config: TinyWorldConfig, folder: pathlib.Path, progress: bool = True) -> dict:
+    """Train the world's tokenizer and model, save them into ``folder`` and return the build record."""
     start = time.perf_counter()
     world = TinyWorld(config)
     tokenizer = build_tokenizer(world)
     model = build_model(config, tokenizer)
     with _torch_threads(config.num_threads):
         accuracy = train_model(model, tokenizer, world, progress=progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        with _hf_progress(progress):
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        meta = {
-            "config": dataclasses.asdict(config),
-            "key": config.key(),
-            "accuracy": accuracy,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "build_seconds": round(time.perf_counter() - start, 1),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        # mkdtemp (and safetensors) create owner-only modes; a cache is readable like any model folder.
-        for path in [tmp, *tmp.iterdir()]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        os.rename(tmp, target)  # atomic: readers see either nothing or the complete directory
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / META_FILE).exists():  # not another process having won the race
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _hf_progress(progress):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return {
+        "config": dataclasses.asdict(config),
+        "key": config.key(),
+        "accuracy": accuracy,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def _resolve(config: TinyWorldConfig | str | None) -> TinyWorldConfig:
@@ -406,14 +367,9 @@ def tinyworld_model_dir(
     ``tinyworld/<config.key()>``.
     """
     config = _resolve(config)
-    target = _cache_root(cache_dir) / "tinyworld" / config.key()
-    if (target / META_FILE).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target.parent / f".{target.name}.lock"):
-        if not (target / META_FILE).exists():  # another process may have built it while we waited
-            build_tinyworld(config, target, progress=progress)
-    return target
+    target = cache_root(cache_dir) / "tinyworld" / config.key()
+    # looked up at call time, so that tests can replace build_tinyworld
+    return cached_build(target, META_FILE, lambda folder: build_tinyworld(config, folder, progress))
 
 
 def load_tinyworld(

@@ -1,0 +1,86 @@
+"""The harness with every kind of agent: trained, ablated, stable-baselines3, closed-form and a user's own
+(``"module:Class"``), on the same edits of the tiny TinyWorld."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
+
+from experiments.harness import Benchmark, BenchmarkConfig
+from experiments.registry import agent_spec
+
+SMALL_NET = {"rank": 16, "num_blocks": 1, "train_num_batches": 2}
+
+
+def _run(tmp_path, agents, **settings) -> pd.DataFrame:
+    config = BenchmarkConfig(
+        model="tinyworld-tiny", schedules=["2x3"], agents=agents, metrics_every=1, **settings
+    )
+    results = Benchmark(config, tmp_path, progress=False).run()
+    return results[results["final"]].set_index("agent")
+
+
+def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_path):
+    final = _run(
+        tmp_path,
+        ["rledit", "rledit-untrained", "noedit"],
+        train_episodes={"rledit": 2},
+        agent_configs={"rledit": SMALL_NET, "rledit-untrained": SMALL_NET},
+    )
+    assert (final["edits"] == 6).all() and (final["time_per_edit_s"] > 0).all()
+    assert final.loc["rledit", "train_time_s"] > 0 and final.loc["rledit-untrained", "train_time_s"] == 0
+    log = pd.read_csv(tmp_path / "training-rledit-2x3-seed0.csv")
+    assert len(log) == 2 and "loss" in log.columns
+    assert (tmp_path / "checkpoints" / "rledit-2x3-seed0.pt").exists()
+    assert not (tmp_path / "checkpoints" / "rledit-untrained-2x3-seed0.pt").exists()
+    assert final.loc["noedit", "spe_acc"] == 1.0  # the unedited model agrees with itself
+
+
+def test_a_users_agent_joins_by_module_and_class(tmp_path):
+    spec = agent_spec("examples.cem_agent:CEMStepSizes")
+    assert spec.trainable and spec.env_kwargs == {"action_type": "values"}
+    final = _run(
+        tmp_path,
+        ["examples.cem_agent:CEMStepSizes", "noedit"],
+        train_episodes={"examples.cem_agent:CEMStepSizes": 4},
+        agent_configs={"examples.cem_agent:CEMStepSizes": {"population": 2, "elite": 1}},
+    )
+    assert final.loc["examples.cem_agent:CEMStepSizes", "train_time_s"] > 0
+    assert final.loc["examples.cem_agent:CEMStepSizes", "eff"] > final.loc["noedit", "eff"]
+
+
+def test_closed_form_agents_report_their_statistics_cost(tmp_path, monkeypatch):
+    import agents.key_stats
+
+    monkeypatch.setattr(agents.key_stats, "stats_cache_dir", lambda cache_dir=None: tmp_path / "stats")
+    lookup = {"lookup": "last", "num_prefixes": 0, "z_steps": 5}
+    final = _run(tmp_path / "out", ["memit"], agent_configs={"memit": lookup})
+    assert final.loc["memit", "stats_time_s"] > 0 and not final.loc["memit", "stats_cached"]
+    again = _run(tmp_path / "again", ["memit"], agent_configs={"memit": lookup})
+    assert bool(again.loc["memit", "stats_cached"])  # computed once per model and corpus
+    assert again.loc["memit", "eff"] == final.loc["memit", "eff"]
+
+
+@pytest.mark.slow
+def test_stable_baselines3_agents_train_and_edit_in_the_benchmark(tmp_path):
+    budget = {"algorithm_kwargs": {"n_steps": 4, "batch_size": 4}, "train_num_batches": 2}
+    final = _run(
+        tmp_path,
+        ["ppo", "sac"],
+        train_episodes={"ppo": 4, "sac": 4},
+        agent_configs={"ppo": budget, "sac": {"algorithm_kwargs": {"learning_starts": 2}}},
+    )
+    assert (final["train_time_s"] > 0).all() and (final["edits"] == 6).all()
+    assert final[["eff", "gen", "spe"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_unknown_agents_and_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="unknown agent 'rome'.*module:Class"):
+        BenchmarkConfig(model="tinyworld-tiny", agents=["rome"]).validate()
+    with pytest.raises(ValueError, match="cannot import"):
+        BenchmarkConfig(model="tinyworld-tiny", agents=["nowhere.to_be:Found"]).validate()
+    with pytest.raises(ValueError, match="not a subclass of agents.EditAgent"):
+        BenchmarkConfig(model="tinyworld-tiny", agents=["pathlib:Path"]).validate()
+    with pytest.raises(ValueError, match=r"FineTuneConfig has no settings \['lr_typo'\]"):
+        BenchmarkConfig(agents=["finetune"], agent_configs={"finetune": {"lr_typo": 1.0}}).validate()

@@ -188,9 +188,10 @@ class Benchmark:
         try:
             agent, train_time = self._agent(agent_name, spec, env, schedule, seed)
             stats_time = float(getattr(agent, "stats_time_s", 0.0))
-            if self.verbose:
-                tqdm.write(f"{agent_name} {schedule} seed {seed}: editing")
-            result = run_episode(env, agent, seed=seed)
+            desc = f"{agent_name} {schedule} seed {seed}: editing"
+            bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not self.progress)
+            with bar:
+                result = run_episode(env, agent, seed=seed, on_step=lambda _: bar.update())
         finally:
             env.close()  # restores the edit modules
         self._check_pristine()

@@ -170,10 +170,11 @@ class TinyWorldConfig:
     max_steps: int = 4000
     eval_every: int = 100
     target_accuracy: float = 0.995
-    # CPU threads for pretraining (restored afterwards; 0 = torch's current setting). Not part of the
-    # key. These matrices are small: a second thread gains ~1.3x on an idle machine but costs 10-40x
-    # when other processes share the cores (OpenMP threads spin at every op's barrier).
-    num_threads: int = 1
+    # CPU threads for pretraining (restored afterwards; 0 = torch's current setting, which follows
+    # OMP_NUM_THREADS). Not part of the key. On an idle 2-core machine 2 threads build the default world
+    # in 111 s against 159 s with 1; on cores that other processes keep busy, OpenMP threads spin at
+    # every op's barrier and cost 10-40x: there, set 1 (or OMP_NUM_THREADS=1).
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_relations <= MAX_RELATIONS:

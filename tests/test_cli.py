@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from experiments.cli import main
+from experiments.cli import CONFIG_DIR, main
 
 TINY = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--metrics-every", "1", "-q"]
 
@@ -111,3 +111,20 @@ def test_list_shows_agents_models_and_configurations(capsys):
         "paper-llama3-8b-zsre",
     ):
         assert name in out
+
+
+def test_demo_runs_every_agent_of_its_configuration_and_prints_the_table(tmp_path, capsys):
+    # the README's main command, shrunk to the tiny world: the demo configuration's agents and settings
+    args = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--train-episodes", "1", "--metrics-every", "1"]
+    assert main(["demo", *args, "-q", "--out", str(tmp_path)]) == 0
+    demo_agents = json.loads((CONFIG_DIR / "demo-tinyworld.json").read_text())["agents"]
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(results["agent"].unique()) == sorted(demo_agents)
+    assert {"memit", "alphaedit", "rledit", "rledit-untrained"} <= set(demo_agents)
+    final = results[results["final"]].set_index("agent")
+    assert final.loc["noedit", "spe_acc"] == 1.0 and final.loc["noedit", "eff"] == 0.0
+    assert final.loc["memit", "stats_time_s"] > 0  # the one-off statistics cost, apart from editing
+    assert (final.loc["rledit", "train_time_s"] > 0) and (final.loc["rledit-untrained", "train_time_s"] == 0)
+    printed = capsys.readouterr().out
+    assert "time_vs_rledit" in printed and all(f"| {a} " in printed for a in demo_agents)
+    assert (tmp_path / "retention-2x3.png").exists() and (tmp_path / "summary.md").exists()

@@ -54,7 +54,9 @@ def test_gradient_action_raises_efficacy_and_reward(name):
         results[lr] = (info["metrics"], rewards)
     (m0, r0), (m1, r1) = results[0.0], results[1.0]
     assert m1["eff"] > m0["eff"] + 0.2  # P(new) > P(true) for a fifth more of the edits
-    assert m1["eff_acc"] > m0["eff_acc"]
+    # Token accuracy needs every answer token to become the argmax, which one plain step need not
+    # achieve (P(new) can pass P(true) while a third answer stays on top): it must not fall.
+    assert m1["eff_acc"] >= m0["eff_acc"]
     assert r1[0] > r0[0]  # the first step's reward: gen loss falls
     assert sum(r1) > sum(r0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -60,13 +61,20 @@ def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
     return text
 
 
-def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Retention curves (eff/gen/spe against the number of edits) and time per edit per agent."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Retention curves (eff/gen/spe against the number of edits), time per edit per agent, and the
+    trained agents' learning curves."""
+    plt = _pyplot()
     written = []
     for schedule, part in results.groupby("schedule", sort=False):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
@@ -106,7 +114,42 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
-    return written
+    curves = plot_training(out_dir)
+    return written + ([curves] if curves else [])
+
+
+TRAINING_LOG = re.compile(r"training-(?P<agent>.+)-(?P<schedule>\d+x\d+)-seed(?P<seed>-?\d+)\.csv")
+
+
+def plot_training(out_dir: Path, window: int = 5) -> Path | None:
+    """Learning curves of the trained agents (the harness's ``training-<agent>-<schedule>-seed<k>.csv``):
+    training loss per episode and its running mean over ``window`` episodes, one panel per agent (their
+    losses differ in kind: RLEdit's sums a backtracking window, MALMEN's is one step's). None if no
+    agent left a training log."""
+    logs: dict[str, list[tuple[str, pd.DataFrame]]] = {}
+    for path in sorted(out_dir.glob("training-*.csv")):
+        match = TRAINING_LOG.fullmatch(path.name)
+        log = pd.read_csv(path) if match else None
+        if log is not None and {"episode", "loss"} <= set(log.columns):
+            logs.setdefault(match["agent"], []).append((f"{match['schedule']} seed {match['seed']}", log))
+    if not logs:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(logs), figsize=(4.5 * len(logs), 3.5), squeeze=False)
+    for ax, (agent, runs) in zip(axes[0], logs.items(), strict=True):
+        for label, log in runs:
+            (line,) = ax.plot(log["episode"], log["loss"], alpha=0.25)
+            smooth = log["loss"].rolling(window, min_periods=1).mean()
+            ax.plot(log["episode"], smooth, color=line.get_color(), label=label)
+        ax.set_title(f"{agent}: training loss")
+        ax.set_xlabel("training episode")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "training-curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def run_metadata(config: dict[str, Any]) -> dict[str, Any]:

@@ -128,3 +128,8 @@ def test_demo_runs_every_agent_of_its_configuration_and_prints_the_table(tmp_pat
     printed = capsys.readouterr().out
     assert "time_vs_rledit" in printed and all(f"| {a} " in printed for a in demo_agents)
     assert (tmp_path / "retention-2x3.png").exists() and (tmp_path / "summary.md").exists()
+    # the learning curves of the agents it trained (RLEdit, MALMEN, MEND), from their training logs
+    assert {p.name for p in tmp_path.glob("training-*-2x3-seed0.csv")} == {
+        f"training-{a}-2x3-seed0.csv" for a in ("rledit", "malmen", "mend")
+    }
+    assert (tmp_path / "training-curves.png").stat().st_size > 10_000

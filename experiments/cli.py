@@ -3,7 +3,7 @@
 rledit demo                                   RLEdit and its baselines on TinyWorld, in minutes
 rledit benchmark --config experiments/configs/smollm2-counterfact.json
 rledit benchmark --model tinyworld --schedule 20x10 --agents rledit,mend,noedit --seeds 0,1
-rledit train --agent rledit --episodes 40 --out rledit.pt
+rledit train --agent rledit --train-episodes 40 --checkpoint rledit.pt
 rledit evaluate --agent rledit --checkpoint rledit.pt --schedule 20x10
 rledit list                                   agents, models and ready configurations
 """

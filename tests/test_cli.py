@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from experiments import cli
 from experiments.cli import CONFIG_DIR, main
 
 TINY = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--metrics-every", "1", "-q"]
@@ -133,3 +134,12 @@ def test_demo_runs_every_agent_of_its_configuration_and_prints_the_table(tmp_pat
         f"training-{a}-2x3-seed0.csv" for a in ("rledit", "malmen", "mend")
     }
     assert (tmp_path / "training-curves.png").stat().st_size > 10_000
+
+
+def test_the_usage_examples_in_the_help_parse():
+    # the help text is the first documentation a user reads: its examples must be valid commands
+    lines = [line for line in cli.__doc__.splitlines() if line.startswith("rledit ")]
+    examples = [line.split("  ")[0].split()[1:] for line in lines]  # without the trailing comment
+    assert len(examples) >= 5
+    for argv in examples:
+        cli.build_parser().parse_args(argv)  # argparse exits on an unknown or missing flag

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.registry import AgentSpec, agent_spec
+from experiments.report import training_log_name
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.models import LoadedModel, load_model
@@ -239,7 +240,7 @@ class Benchmark:
         agent.save(ckpt)
         log = getattr(agent, "training_log", None)
         if log:
-            pd.DataFrame(log).to_csv(self.out_dir / f"training-{name}-{schedule}-seed{seed}.csv", index=False)
+            pd.DataFrame(log).to_csv(self.out_dir / training_log_name(name, schedule, seed), index=False)
         return agent, train_time
 
 

@@ -121,6 +121,11 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
 TRAINING_LOG = re.compile(r"training-(?P<agent>.+)-(?P<schedule>\d+x\d+)-seed(?P<seed>-?\d+)\.csv")
 
 
+def training_log_name(agent: str, schedule: str, seed: int) -> str:
+    """The file an agent's training log is saved to in a results folder (``TRAINING_LOG`` reads it)."""
+    return f"training-{agent}-{schedule}-seed{seed}.csv"
+
+
 def plot_training(out_dir: Path, window: int = 5) -> Path | None:
     """Learning curves of the trained agents (the harness's ``training-<agent>-<schedule>-seed<k>.csv``):
     training loss per episode and its running mean over ``window`` episodes, one panel per agent (their
@@ -129,8 +134,10 @@ def plot_training(out_dir: Path, window: int = 5) -> Path | None:
     logs: dict[str, list[tuple[str, pd.DataFrame]]] = {}
     for path in sorted(out_dir.glob("training-*.csv")):
         match = TRAINING_LOG.fullmatch(path.name)
-        log = pd.read_csv(path) if match else None
-        if log is not None and {"episode", "loss"} <= set(log.columns):
+        if match is None:
+            continue
+        log = pd.read_csv(path)
+        if {"episode", "loss"} <= set(log.columns):
             logs.setdefault(match["agent"], []).append((f"{match['schedule']} seed {match['seed']}", log))
     if not logs:
         return None

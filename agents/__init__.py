@@ -1,6 +1,6 @@
 """Editors as agents of the rledit_env environment: RLEdit, its hypernetwork baselines MEND and MALMEN,
-fine-tuning and no-edit, all following ``agents.base.EditAgent``; the closed-form editors (MEMIT,
-AlphaEdit) and the stable-baselines3 adapter load on first use."""
+fine-tuning, a plain gradient step and no-edit, all following ``agents.base.EditAgent``; the closed-form
+editors (MEMIT, AlphaEdit) and the stable-baselines3 adapter load on first use."""
 
 import importlib
 
@@ -14,6 +14,7 @@ from agents.base import (
     run_episode,
 )
 from agents.finetune import FineTune, FineTuneConfig
+from agents.gradient import PlainGradient, PlainGradientConfig
 from agents.hypernetwork import HyperNetwork, HyperNetworkConfig, HyperNetworkEditor
 from agents.malmen import MALMEN, MALMENConfig
 from agents.mend import MEND, MENDConfig
@@ -35,6 +36,8 @@ __all__ = [
     "MALMENConfig",
     "MENDConfig",
     "NoEdit",
+    "PlainGradient",
+    "PlainGradientConfig",
     "RLEdit",
     "RLEditConfig",
     "env_signature",
@@ -47,6 +50,8 @@ _LAZY = {
     "MEMITConfig": "agents.memit",
     "AlphaEdit": "agents.alphaedit",
     "AlphaEditConfig": "agents.alphaedit",
+    "LocateThenEdit": "agents.locate_edit",
+    "LocateEditConfig": "agents.locate_edit",
     "SB3Agent": "agents.sb3",
     "SB3AgentConfig": "agents.sb3",
 }

@@ -1,6 +1,7 @@
 """AlphaEdit (Fang et al., "Null-Space Constrained Knowledge Editing", ICLR 2025) as an agent.
 
-MEMIT's target vectors and layer-by-layer spreading, with the update confined to the null space of
+Locate-then-edit (``agents.locate_edit``: MEMIT's target vectors and layer-by-layer spreading), with the
+update confined to the null space of
 the preserved keys: with C = E[k k^T] over general text, P = U_hat U_hat^T projects onto the
 eigenvectors of C whose eigenvalues are below ``nullspace_threshold`` (C is symmetric, so its
 eigendecomposition is its SVD). Each layer solves
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.memit import MEMIT, EditRequests, LocateEditConfig
+from agents.key_stats import KeyStats
+from agents.locate_edit import EditRequests, LocateEditConfig, LocateThenEdit
 
 
 @dataclass
@@ -36,22 +38,22 @@ class AlphaEditConfig(LocateEditConfig):
             )
 
 
-class AlphaEdit(MEMIT):
+class AlphaEdit(LocateThenEdit):
     """AlphaEdit's null-space constrained update, one batch of edits per step (``action_type="shift"``).
 
-    Made like ``MEMIT`` (same edit modules, same statistics). ``null_space_dim[module]`` is the rank
-    of each module's projection.
+    Made as ``LocateThenEdit`` says (MEMIT's edit modules and statistics). ``null_space_dim[module]`` is
+    the rank of each module's projection.
     """
 
     Config = AlphaEditConfig
     name = "alphaedit"
 
-    def _prepare(self) -> None:
+    def _prepare(self, stats: dict[str, KeyStats]) -> None:
         device = self.core.editable.device
         self.projections: dict[str, torch.Tensor] = {}
         self.null_space_dim: dict[str, int] = {}
-        for name, stats in self.stats.items():
-            eigenvalues, eigenvectors = torch.linalg.eigh(stats.second_moment.double())
+        for name, module_stats in stats.items():
+            eigenvalues, eigenvectors = torch.linalg.eigh(module_stats.second_moment.double())
             kept = eigenvectors[:, eigenvalues < self.config.nullspace_threshold]
             if kept.shape[1] == 0:
                 raise ValueError(
@@ -61,9 +63,9 @@ class AlphaEdit(MEMIT):
                 )
             self.projections[name] = (kept @ kept.t()).float().to(device)
             self.null_space_dim[name] = kept.shape[1]
-        self._on_episode_start()
+        self._start_episode()
 
-    def _on_episode_start(self) -> None:
+    def _start_episode(self) -> None:
         device = self.core.editable.device
         self.preserved_gram = {
             n: torch.zeros(d_in, d_in, device=device) for n, (d_in, _) in self.core.editable.shapes.items()

@@ -108,7 +108,8 @@ class EditAgent(ABC):
 
     def training_env(self, train_env: gym.Env | None = None, **settings) -> gym.Env:
         """Where ``learn`` trains: ``train_env`` if given (checked), else an environment on the model's
-        "train" split with this environment's schedule, reward and ridge lambda, and ``settings`` on top.
+        "train" split with this environment's schedule, reward (``reward_config``) and ridge lambda, and
+        ``settings`` on top.
 
         The default shares the model with ``self.env``: it first puts the edit modules back to
         ``self.env``'s initial weights, which the new env then restores on every reset (``close`` it to
@@ -138,7 +139,7 @@ class EditAgent(ABC):
             "max_tokens": core.max_tokens,
             "evaluate_at_end": False,
             "probe_texts": [],
-            **dataclasses.asdict(core.reward_config),
+            "reward": core.reward_config,
             **settings,
         }
         core.editable.restore(core.initial_weights)  # train from the unedited model, whatever ran before

@@ -1,4 +1,5 @@
-"""The hypernetwork shared by MEND, MALMEN and RLEdit (DESIGN.md section 1), and their common agent base.
+"""The hypernetwork shared by MEND, MALMEN and RLEdit (docs/design.md, "Hypernetwork editors"), and their
+common agent base.
 
 For each answer token the network reads the concatenation x = [u, delta] of an edit module's key u
 (d_in) and value gradient delta (d_out), normalises it with running mean/std statistics and passes it
@@ -176,7 +177,6 @@ class HyperNetworkConfig(AgentConfig):
 
     ``update_stats_in_use``: keep folding observed keys and value gradients into the normaliser during
     lifelong use (``act``), as the reference code does; training always updates it.
-    ``loc_coef``: weight of the locality loss in the training loss.
     ``train_episodes``: what ``learn()`` trains for when not told.
     ``train_batch_size``: edits per training batch (None: the evaluation environment's batch size).
     """
@@ -186,10 +186,31 @@ class HyperNetworkConfig(AgentConfig):
     init_lr: float = 1e-6
     meta_lr: float = 1e-5
     max_grad_norm: float = 1.0
-    loc_coef: float = 1.0
     update_stats_in_use: bool = True
     train_episodes: int = 100
     train_batch_size: int | None = None
+
+
+@dataclasses.dataclass
+class OneStepTrainingConfig(HyperNetworkConfig):
+    """MEND's and MALMEN's training: one batch at a time on the unedited model, with the loss
+    L_gen + ``loc_coef`` * L_loc (MALMEN's locality coefficient is 1)."""
+
+    loc_coef: float = 1.0
+
+
+def malmen_values(
+    net: HyperNetwork, keys: Mapping, value_grads: Mapping, mask: torch.Tensor, update_stats: bool
+) -> dict[str, Any]:
+    """MALMEN's "values" action: per token i of module m, v_i = -lr_m * (u_i . u~_i) * delta~_i, with the
+    hypernetwork's (u~, delta~) and the module's learned ridge log-lambda. Padding tokens get zero values."""
+    values, log_lambda = {}, {}
+    for m, (pseudo_keys, pseudo_grads) in net(keys, value_grads, mask, update_stats).items():
+        i = net.index(m)
+        coeff = -net.lr[i] * (keys[m] * pseudo_keys).sum(-1) * mask
+        values[m] = coeff.unsqueeze(-1) * pseudo_grads
+        log_lambda[m] = net.log_lambda[i : i + 1]
+    return {"values": values, "log_lambda": log_lambda}
 
 
 class HyperNetworkEditor(EditAgent):
@@ -244,8 +265,8 @@ class HyperNetworkEditor(EditAgent):
         callback: Callback | None = None,
         progress_bar: bool = True,
     ) -> HyperNetworkEditor:
-        """MEND/MALMEN training: ``episodes`` steps (default ``config.train_episodes``), each on one fresh
-        batch of training edits.
+        """MEND/MALMEN training (an ``OneStepTrainingConfig``): ``episodes`` steps (default
+        ``config.train_episodes``), each on one fresh batch of training edits.
 
         Each step edits the *unedited* model with the current hypernetwork, scores the edit with
         ``candidate_losses`` (L_gen + loc_coef * L_loc; the model is never changed) and takes one

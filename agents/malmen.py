@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from agents.hypernetwork import HyperNetworkConfig, HyperNetworkEditor
+from agents.hypernetwork import HyperNetworkEditor, OneStepTrainingConfig, malmen_values
 
 
 @dataclasses.dataclass
-class MALMENConfig(HyperNetworkConfig):
-    """MALMEN's hyperparameters (as ``HyperNetworkConfig``; its locality coefficient is 1)."""
+class MALMENConfig(OneStepTrainingConfig):
+    """MALMEN's hyperparameters (as ``OneStepTrainingConfig``; its locality coefficient is 1)."""
 
 
 class MALMEN(HyperNetworkEditor):
@@ -28,14 +28,7 @@ class MALMEN(HyperNetworkEditor):
     name = "malmen"
 
     def policy(self, observation, update_stats: bool) -> dict[str, Any]:
-        keys, value_grads, mask = self._inputs(observation)
-        values, log_lambda = {}, {}
-        for m, (pseudo_keys, pseudo_grads) in self.net(keys, value_grads, mask, update_stats).items():
-            i = self.net.index(m)
-            coeff = -self.net.lr[i] * (keys[m] * pseudo_keys).sum(-1) * mask
-            values[m] = coeff.unsqueeze(-1) * pseudo_grads
-            log_lambda[m] = self.net.log_lambda[i : i + 1]
-        return {"values": values, "log_lambda": log_lambda}
+        return malmen_values(self.net, *self._inputs(observation), update_stats)
 
 
 __all__ = ["MALMEN", "MALMENConfig"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from agents.hypernetwork import HyperNetworkConfig, HyperNetworkEditor
+from agents.hypernetwork import HyperNetworkEditor, OneStepTrainingConfig
 
 
 @dataclasses.dataclass
-class MENDConfig(HyperNetworkConfig):
+class MENDConfig(OneStepTrainingConfig):
     """MEND's hyperparameters. Its pseudo-gradients live in the normaliser's units (O(1) per feature),
     not the raw gradient's, so its step size starts far above MALMEN's (MEND's own edit lr is 1e-4)."""
 
@@ -19,7 +19,7 @@ class MENDConfig(HyperNetworkConfig):
 class MEND(HyperNetworkEditor):
     """MEND as an agent of the "shift" interface: dW_m = -lr_m * sum_i u~_i delta~_i^T over the real tokens.
 
-    Uses the same hypernetwork as MALMEN (DESIGN.md section 1); trained one batch at a time on the
+    Uses the same hypernetwork as MALMEN (docs/design.md); trained one batch at a time on the
     unedited model (``HyperNetworkEditor.learn``), then frozen and applied sequentially.
     """
 

@@ -1,4 +1,24 @@
-"""RLEdit (Li et al., "Reinforced Lifelong Editing for Language Models", ICML 2025)."""
+"""RLEdit (Li et al., "Reinforced Lifelong Editing for Language Models", ICML 2025), readable top to bottom.
+
+The editor is MALMEN's hypernetwork (``agents.hypernetwork``) acting through the environment's "values"
+interface; what makes it RLEdit is how it is trained: as a policy, on whole sequences of edits applied
+to a model that really changes, by ascending the environment's reward through the action (an analytic
+policy gradient). One training sequence:
+
+    obs = env.reset()                                # the unedited model, T batches of training edits
+    for t in 0..T-1:
+        action = policy(obs)                         # act: value differences V_t, keeping their graph
+        obs, info = env.step(action)                 # step: theta_t = theta_{t-1} + dW_t (committed,
+                                                     # detached); info["loss"] = -r_t, attached to V_t
+        info["loss"].backward()                      # reward: its gradient accumulates in the network
+    clip_grad_norm(network, max_grad_norm)           # clip
+    optimizer.step(); optimizer.zero_grad()          # one optimiser step per sequence
+
+with the reward (``rledit_env.reward``; memory backtracking over the last k batches, locality KL,
+regulariser)
+
+    -r_t = sum_{j<k} mu^j (L_gen(theta_t; K_{t-j}) + c_loc L_loc(theta_t; K_{t-j})) + eta ||dW_t||^2.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +26,13 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
+from typing import Any
 
 import gymnasium as gym
+import torch
 
 from agents.base import Callback
-from agents.hypernetwork import HyperNetworkConfig
-from agents.malmen import MALMEN
+from agents.hypernetwork import HyperNetworkConfig, HyperNetworkEditor, malmen_values
 
 UPDATE_UNITS = ("episode", "step")
 
@@ -20,19 +41,19 @@ UPDATE_UNITS = ("episode", "step")
 class RLEditConfig(HyperNetworkConfig):
     """RLEdit's hyperparameters, with the paper's defaults.
 
-    The reward: ``backtrack_depth`` k, ``decay`` mu, ``loc_coef``, ``reg_coef`` (DESIGN.md section 2).
-    Training: episodes of ``train_num_batches`` batches (None: the evaluation env's T) of
-    ``train_batch_size`` edits (None: its n); one optimiser step every ``update_every`` episodes
-    (``update_unit="episode"``, the paper) or steps (``"step"``).
+    The network and the optimiser are ``HyperNetworkConfig``'s. Training: episodes of
+    ``train_num_batches`` batches (None: the evaluation env's T) of ``train_batch_size`` edits (None:
+    its n); one optimiser step every ``update_every`` episodes (``update_unit="episode"``, the paper) or
+    steps (``"step"``). ``reward``: settings of ``rledit_env.reward.RewardConfig`` that training uses
+    *instead of* the evaluation environment's reward (None: the same reward), e.g.
+    ``{"paraphrases_per_edit": 1, "neighbours_per_edit": 1}`` for the published procedure, which scores
+    one paraphrase and one neighbour per edit.
     """
 
-    loc_coef: float = 0.6
-    backtrack_depth: int = 10
-    decay: float = 0.95
-    reg_coef: float = 1e-4
     train_num_batches: int | None = None
     update_every: int = 1
     update_unit: str = "episode"
+    reward: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.update_unit not in UPDATE_UNITS:
@@ -41,25 +62,15 @@ class RLEditConfig(HyperNetworkConfig):
             raise ValueError(f"update_every must be >= 1, got {self.update_every}")
 
 
-class RLEdit(MALMEN):
+class RLEdit(HyperNetworkEditor):
     """RLEdit: MALMEN's hypernetwork and update rule, trained like a policy on whole edit sequences.
-
-    Acting is MALMEN's ("values" interface). Training (``learn``) runs episodes of T batches on the
-    training split in an environment with ``differentiable=True``: at each step the hypernetwork acts
-    (keeping its graph), ``env.step`` commits the detached update theta_t = theta_{t-1} + dW_t and returns
-    -r_t as ``info["loss"]``, attached to the action's graph:
-
-        -r_t = sum_{j<k} mu^j (L_gen(theta_t; K_{t-j}) + c_loc L_loc(theta_t; K_{t-j})) + eta ||dW_t||^2
-
-    Each step's loss is back-propagated at once (this frees its graph; the gradients add up in the
-    hypernetwork) and the hypernetwork takes one clipped optimiser step per episode.
 
     Follows the paper: the MALMEN network (4 residual low-rank blocks, rank 1024 capped at the input
     size, per-module learned lr starting at 1e-6 and ridge log-lambda at 0); the reward with memory
     backtracking k = 10, decay 0.95, locality coefficient 0.6 (KL between the model before and after the
-    step's update) and regularisation 1e-4; the transition is treated as given (no gradient flows into
-    earlier steps); gradients accumulated over the whole sequence, clipped at norm 1; Adam with meta
-    learning rate 1e-5.
+    step's update) and regularisation 1e-4 (the environment's ``RewardConfig``); the transition is
+    treated as given (no gradient flows into earlier steps); gradients accumulated over the whole
+    sequence, clipped at norm 1; Adam with meta learning rate 1e-5.
 
     Differs from the public reference code (github.com/zhrli324/RLEdit):
     - The reference trains on one sequence per epoch for one epoch, so its hypernetwork takes a single
@@ -68,7 +79,9 @@ class RLEdit(MALMEN):
     - The reference back-propagates through the ridge solve by hand in two stages (to save memory);
       here autograd differentiates through ``ridge_solve``, which gives the same gradient.
     - Losses are the environment's: mean answer-token cross-entropy over the edit and paraphrase prompts
-      and mean token KL on the locality prompts, where the reference sums per-tuple losses.
+      and mean token KL on the locality prompts, where the reference sums per-tuple losses. The
+      reference scores one paraphrase and one neighbour per edit; here every one the records carry,
+      unless ``reward`` says otherwise.
     - As in the reference, the normaliser keeps updating during lifelong use unless
       ``update_stats_in_use=False``.
 
@@ -78,7 +91,12 @@ class RLEdit(MALMEN):
     """
 
     Config = RLEditConfig
+    action_type = "values"
     name = "rledit"
+
+    def policy(self, observation, update_stats: bool) -> dict[str, Any]:
+        """MALMEN's value differences for the observed keys and value gradients (differentiable)."""
+        return malmen_values(self.net, *self._inputs(observation), update_stats)
 
     def learn(
         self,
@@ -92,7 +110,7 @@ class RLEdit(MALMEN):
         weights are as before afterwards.
 
         ``train_env`` must have ``differentiable=True``; by default it is built on the model's "train"
-        split with this config's reward settings.
+        split with the evaluation environment's reward (``config.reward`` on top).
         """
         cfg = self.config
         episodes = cfg.train_episodes if episodes is None else episodes
@@ -100,10 +118,7 @@ class RLEdit(MALMEN):
         settings = {
             "num_batches": cfg.train_num_batches or self.core.num_batches,
             "differentiable": True,
-            "backtrack_depth": cfg.backtrack_depth,
-            "decay": cfg.decay,
-            "loc_coef": cfg.loc_coef,
-            "reg_coef": cfg.reg_coef,
+            "reward": self.core.reward_config.replace(cfg.reward),
         }
         pending = 0  # episodes or steps whose gradients wait for an optimiser step
         with self._session(episodes, train_env, callback, progress_bar, **settings) as (env, bar):
@@ -117,8 +132,9 @@ class RLEdit(MALMEN):
                 totals: dict[str, float] = defaultdict(float)
                 grad_norm, steps, done = math.nan, 0, False
                 while not done:
-                    obs, _, terminated, truncated, info = env.step(self.policy(obs, update_stats=True))
-                    info["loss"].backward()
+                    action = self.policy(obs, update_stats=True)  # act, keeping the action's graph
+                    obs, _, terminated, truncated, info = env.step(action)  # commit theta_t, score r_t
+                    info["loss"].backward()  # -r_t's gradient accumulates in the network; frees the graph
                     for term, value in info["losses"].items():
                         totals[term] += value
                     steps += 1
@@ -126,12 +142,19 @@ class RLEdit(MALMEN):
                     if cfg.update_unit == "step" or done:
                         pending += 1
                     if pending == cfg.update_every:
-                        grad_norm, pending = self._optimizer_step(), 0
+                        grad_norm, pending = self._clipped_step(), 0
                 logs = {"loss": totals.pop("total") / steps, **{k: v / steps for k, v in totals.items()}}
                 logs["grad_norm"] = grad_norm
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 if not self._end_episode(logs, start, callback):
                     break
             if pending:  # the last, partial accumulation
-                self._optimizer_step()
+                self._clipped_step()
         return self
+
+    def _clipped_step(self) -> float:
+        """Clip the accumulated gradient, take one optimiser step, clear it; the norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)

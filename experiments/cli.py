@@ -141,7 +141,7 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
 
 def _train(config, args) -> int:
     from experiments.harness import Benchmark, parse_schedule
-    from experiments.registry import agent_spec
+    from experiments.registry import agent_spec, build_agent, train_or_load
 
     _check_model(config.model)
     spec = agent_spec(args.agent)
@@ -150,17 +150,17 @@ def _train(config, args) -> int:
     bench = Benchmark(config, args.out or "results/train", progress=not args.quiet)
     num_batches, batch_size = parse_schedule(config.schedules[0])
     env = bench.make_env(spec, num_batches, batch_size)
-    cls = spec.load()
-    agent = cls(env, cls.Config(**{**config.agent_configs.get(args.agent, {}), "seed": config.seeds[0]}))
-    episodes = (
-        args.train_episodes if args.train_episodes is not None else config.train_episodes.get(args.agent)
-    )
-    agent.learn(episodes, progress_bar=not args.quiet) if episodes is not None else agent.learn(
-        progress_bar=not args.quiet
-    )
-    env.close()
-    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    agent.save(args.checkpoint)
+    try:
+        agent = build_agent(args.agent, env, config.agent_configs.get(args.agent), config.seeds[0])
+        agent, _ = train_or_load(
+            agent,
+            args.checkpoint,
+            episodes=config.train_episodes.get(args.agent, args.train_episodes),
+            reuse=False,
+            progress=not args.quiet,
+        )
+    finally:
+        env.close()
     log = getattr(agent, "training_log", [])
     if log:
         first, last = log[0].get("loss", float("nan")), log[-1].get("loss", float("nan"))

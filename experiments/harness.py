@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from experiments.registry import AgentSpec, agent_spec
+from experiments.registry import AgentSpec, agent_settings, agent_spec, build_agent, train_or_load
 from experiments.report import training_log_name
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
@@ -55,7 +54,10 @@ class BenchmarkConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> BenchmarkConfig:
-        data = json.loads(Path(path).read_text())
+        """A configuration file (JSON). ``"extends": "<name or path>"`` starts from another configuration
+        (a name is a file next to this one): its settings, with this file's on top, dictionaries (such
+        as ``agent_configs``) merged key by key, so shared agent settings are written once."""
+        data = read_config_file(Path(path))
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)} - {"description"})
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}")
@@ -71,15 +73,27 @@ class BenchmarkConfig:
             raise ValueError("seeds is empty")
 
 
-def agent_settings(name: str, spec: AgentSpec, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The config values of agent ``name``: its registry defaults, then the benchmark's ``overrides``;
-    a setting its config does not have is an error (a typo would otherwise pass unnoticed)."""
-    config_cls = spec.load().Config
-    settings = {**spec.defaults, **overrides}
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(config_cls)})
-    if unknown:
-        raise ValueError(f"agent_configs[{name!r}]: {config_cls.__name__} has no settings {unknown}")
-    return settings
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A configuration file's settings, with the configuration it ``extends`` merged underneath."""
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: configurations extend each other in a cycle")
+    data = json.loads(path.read_text())
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = Path(parent) if Path(parent).suffix == ".json" else path.parent / f"{parent}.json"
+    if not parent_path.exists():
+        raise ValueError(f"{path}: extends {parent!r}, but there is no {parent_path}")
+    return _merge(read_config_file(parent_path, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = (
+            _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return merged
 
 
 def parse_schedule(text: str) -> tuple[int, int]:
@@ -146,7 +160,12 @@ class Benchmark:
             editable = EditableModel(
                 editable.model, editable.tokenizer, modules, eval_batch_size=editable.eval_batch_size
             )
-        settings = {"metrics_every": self.config.metrics_every, **self.config.env, **spec.env_kwargs}
+        settings = {
+            "metrics_every": self.config.metrics_every,
+            "score_reward": spec.needs_reward,  # scoring the reward is most of a step's cost
+            **self.config.env,
+            **spec.env_kwargs,
+        }
         return LifelongEditEnv(
             LoadedModel(editable, loaded.splits, loaded.probe_texts),
             num_batches=num_batches,
@@ -220,26 +239,18 @@ class Benchmark:
 
     def _agent(self, name: str, spec: AgentSpec, env: LifelongEditEnv, schedule: str, seed: int):
         """Build the agent; train it (or reuse its checkpoint) when it needs training."""
-        cls = spec.load()
-        settings = agent_settings(name, spec, self.config.agent_configs.get(name, {}))
-        agent = cls(env, cls.Config(**{**settings, "seed": seed}))
+        agent = build_agent(name, env, self.config.agent_configs.get(name), seed)
         if not (spec.trainable and spec.train):
             return agent, 0.0
-        if name in self.checkpoints:
-            return cls.load(self.checkpoints[name], env), 0.0
+        if name in self.checkpoints:  # a checkpoint the user gave: used as it is
+            return type(agent).load(self.checkpoints[name], env), 0.0
         ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.pt"
-        if ckpt.exists():
-            return cls.load(ckpt, env), 0.0
-        episodes = self.config.train_episodes.get(name)
-        start = time.perf_counter()
-        agent.learn(episodes, progress_bar=self.progress) if episodes is not None else agent.learn(
-            progress_bar=self.progress
+        trained = ckpt.exists()
+        agent, train_time = train_or_load(
+            agent, ckpt, episodes=self.config.train_episodes.get(name), progress=self.progress
         )
-        train_time = time.perf_counter() - start
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        agent.save(ckpt)
         log = getattr(agent, "training_log", None)
-        if log:
+        if log and not trained:
             pd.DataFrame(log).to_csv(self.out_dir / training_log_name(name, schedule, seed), index=False)
         return agent, train_time
 

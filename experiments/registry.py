@@ -1,10 +1,14 @@
-"""The agents the benchmark knows, and how to build each one's environment and train it."""
+"""The agents the benchmark knows, and the one way to build, train or load each of them
+(``build_agent`` and ``train_or_load``, used by the harness and the command line alike)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -16,7 +20,8 @@ class AgentSpec:
     ``env_kwargs`` are the environment settings the agent acts through; ``edit_modules`` overrides
     the model's default edit modules (closed-form editors write into MLP output projections);
     ``defaults`` are config values under a benchmark's own per-agent settings (which algorithm an
-    SB3 entry runs, for instance).
+    SB3 entry runs, for instance). ``needs_reward``: the agent reads the environment's reward or its
+    loss terms while editing (not only in training); the harness turns the reward off for the others.
     """
 
     load: Callable[[], type]
@@ -25,6 +30,7 @@ class AgentSpec:
     train: bool = True  # False: a trainable agent evaluated untrained (an ablation)
     edit_modules: Callable[[Any], list[str]] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
+    needs_reward: bool = False
     description: str = ""
 
 
@@ -38,9 +44,9 @@ def _agent(name: str) -> Callable[[], type]:
 
 
 def _memit_modules(config) -> list[str]:
-    from agents.memit import MEMIT
+    from rledit_env.presets import locate_edit_modules
 
-    return MEMIT.preferred_edit_modules(config)
+    return locate_edit_modules(config)
 
 
 # Rollouts and replay that start short enough for a few hundred environment steps to train.
@@ -78,7 +84,13 @@ AGENTS: dict[str, AgentSpec] = {
     "finetune": AgentSpec(
         _agent("FineTune"),
         {"action_type": "shift"},
+        needs_reward=True,  # its "gen" objective re-scores candidates with the reward's terms
         description="fine-tuning: gradient steps on the edit loss",
+    ),
+    "gradient": AgentSpec(
+        _agent("PlainGradient"),
+        {"action_type": "shift"},
+        description="a plain gradient step on the edit loss, dW = -lr U^T D (naive sequential editing)",
     ),
     "noedit": AgentSpec(_agent("NoEdit"), {"action_type": "shift"}, description="no edit (reference)"),
     "ppo": AgentSpec(
@@ -136,5 +148,55 @@ def _imported_spec(path: str) -> AgentSpec:
         lambda: cls,
         {"action_type": cls.action_type},
         trainable=cls.learn is not EditAgent.learn,
+        needs_reward=True,  # unknown: keep the reward on
         description=(cls.__doc__ or "").strip().split("\n")[0],
     )
+
+
+def agent_settings(name: str, spec: AgentSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config values of agent ``name``: its registry defaults, then ``overrides`` (a benchmark's
+    per-agent settings); a setting its config does not have is an error (a typo would otherwise pass
+    unnoticed)."""
+    config_cls = spec.load().Config
+    settings = {**spec.defaults, **overrides}
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise ValueError(f"agent_configs[{name!r}]: {config_cls.__name__} has no settings {unknown}")
+    return settings
+
+
+def build_agent(name: str, env, overrides: dict[str, Any] | None = None, seed: int = 0):
+    """Agent ``name`` (registered, or ``"package.module:Class"``) bound to ``env``, with its registry
+    defaults, ``overrides`` on top and ``seed``."""
+    spec = agent_spec(name)
+    cls = spec.load()
+    return cls(env, cls.Config(**{**agent_settings(name, spec, overrides or {}), "seed": seed}))
+
+
+def train_or_load(
+    agent,
+    checkpoint: str | Path | None,
+    *,
+    episodes: int | None = None,
+    reuse: bool = True,
+    progress: bool = True,
+) -> tuple[Any, float]:
+    """The trained ``agent`` and the seconds its training took (0.0 when loaded).
+
+    With ``reuse`` and an existing ``checkpoint``, the agent saved there is loaded for ``agent``'s
+    environment; otherwise ``agent`` trains (``episodes``, or its config's default) and is saved to
+    ``checkpoint`` when one is given.
+    """
+    cls = type(agent)
+    if reuse and checkpoint is not None and Path(checkpoint).exists():
+        return cls.load(checkpoint, agent.env), 0.0
+    start = time.perf_counter()
+    if episodes is None:  # the agent's own default (a custom agent's may not accept None)
+        agent.learn(progress_bar=progress)
+    else:
+        agent.learn(episodes, progress_bar=progress)
+    seconds = time.perf_counter() - start
+    if checkpoint is not None:
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        agent.save(checkpoint)
+    return agent, seconds

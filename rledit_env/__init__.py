@@ -8,8 +8,9 @@ from gymnasium.envs.registration import register, registry
 
 from rledit_env.actions import InvalidActionError
 from rledit_env.editable import EditableModel
-from rledit_env.envs import LifelongEditEnv, RewardConfig
+from rledit_env.envs import LifelongEditEnv
 from rledit_env.records import EditRecord
+from rledit_env.reward import RewardConfig
 
 __all__ = ["EditRecord", "EditableModel", "InvalidActionError", "LifelongEditEnv", "RewardConfig"]
 __version__ = "0.1.0"

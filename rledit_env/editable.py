@@ -8,14 +8,14 @@ with the key u (the layer's input) and the value gradient delta (the loss gradie
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from rledit_env.presets import check_tokenizer, resolve_edit_modules
+from rledit_env.presets import check_tokenizer, decoder_layers, resolve_edit_modules
 from rledit_env.tokenization import IGNORE_INDEX, EncodedBatch
 
 Updates = Mapping[str, torch.Tensor]
@@ -50,13 +50,14 @@ class EditModule:
 class Trace:
     """Keys and value gradients of the edit loss at the answer tokens of a batch.
 
-    ``keys[name]`` is (N, d_in), ``value_grads[name]`` (N, d_out), in fp32; token i belongs to row
-    ``rows[i]`` of the batch. ``loss`` is the mean over rows of the mean answer-token NLL.
+    ``keys[name]`` is (N, d_in), ``value_grads[name]`` (N, d_out), in fp32; token i belongs to edit
+    ``edit_index[i]`` (the batch's row i: one row per edit). ``loss`` is the mean over edits of the mean
+    answer-token NLL.
     """
 
     keys: dict[str, torch.Tensor]
     value_grads: dict[str, torch.Tensor]
-    rows: torch.Tensor
+    edit_index: torch.Tensor
     loss: float
 
 
@@ -94,13 +95,24 @@ class EditableModel:
         tokenizer: its fast tokenizer.
         edit_modules: module names, a preset name from ``rledit_env.presets.PAPER_PRESETS``, or None
             for the architecture's default preset.
-        eval_batch_size: rows per forward pass when scoring many prompts.
+        eval_batch_size: rows per forward pass when scoring prompts in their own order.
+        tokens_per_pass: the memory bound of packed scoring (``target_logits(..., packed=True)``): rows x
+            longest row of one forward pass.
     """
 
-    def __init__(self, model, tokenizer, edit_modules=None, *, eval_batch_size: int = 64):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        edit_modules=None,
+        *,
+        eval_batch_size: int = 64,
+        tokens_per_pass: int = 16384,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.eval_batch_size = eval_batch_size
+        self.tokens_per_pass = tokens_per_pass
         for p in self.model.parameters():
             p.requires_grad_(False)  # the environment never trains the model through autograd
         check_tokenizer(model.config, tokenizer)
@@ -129,6 +141,7 @@ class EditableModel:
             self.modules[name] = EditModule(
                 name, module, f"{base_names[id(module)]}.weight", transposed, int(d_in), int(d_out)
             )
+        self._layers, self.frozen_depth = self._frozen_layers()
         # bf16/fp16 weights keep 8/11 bits of mantissa, so small updates added to them one by one would
         # round away. Updates accumulate in an fp32 master copy of the edit modules (only those) instead,
         # and the model's weight is that master rounded once.
@@ -160,6 +173,18 @@ class EditableModel:
         if device is not None and device_map is None:
             model = model.to(device)
         return cls(model, tokenizer, edit_modules, eval_batch_size=eval_batch_size)
+
+    def _frozen_layers(self) -> tuple[nn.ModuleList | None, int]:
+        """The decoder layers and how many of them come before the first edit module.
+
+        Those layers never change (only edit modules do), so what they compute for a prompt can be
+        computed once (``frozen_prefix``). 0 when unknown: an architecture without a preset, edit
+        modules outside the decoder layers, or a model spread over devices (its hooks move tensors).
+        """
+        found = decoder_layers(self.model, self.names)
+        if found is None or getattr(self.model, "hf_device_map", None):
+            return None, 0
+        return found
 
     # ----------------------------------------------------------------- facts about the edit modules
     @property
@@ -214,13 +239,77 @@ class EditableModel:
         return (master + module.layout(delta).float()).to(module.weight.dtype)
 
     # ------------------------------------------------------------------------------------ forward
-    def _hidden_states(self, batch: EncodedBatch, updates: Updates | None) -> torch.Tensor:
+    def _hidden_states(
+        self, batch: EncodedBatch, updates: Updates | None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
         base = self.model.base_model
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-        if not updates:
-            return base(**kwargs).last_hidden_state
-        params = {self.modules[n].base_param: self.updated_weight(n, delta) for n, delta in updates.items()}
-        return torch.func.functional_call(base, params, args=(), kwargs=kwargs).last_hidden_state
+        with self._from_frozen_prefix(prefix):
+            if not updates:
+                return base(**kwargs).last_hidden_state
+            params = {self.modules[n].base_param: self.updated_weight(n, d) for n, d in updates.items()}
+            return torch.func.functional_call(base, params, args=(), kwargs=kwargs).last_hidden_state
+
+    @contextmanager
+    def _from_frozen_prefix(self, prefix: torch.Tensor | None) -> Iterator[None]:
+        """Inside the block, forward passes skip the frozen layers and start from ``prefix`` (the hidden
+        states entering the first layer with an edit module); None: the whole model runs."""
+        if prefix is None:
+            yield
+            return
+        depth, layers = self.frozen_depth, self._layers
+        skipped = [layers[i] for i in range(depth)]
+
+        def start_here(_module, args, kwargs):
+            if args:
+                return (prefix, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": prefix}
+
+        for i, layer in enumerate(skipped):
+            layers[i] = _PassThrough(layer)
+        handle = layers[depth].register_forward_pre_hook(start_here, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for i, layer in enumerate(skipped):
+                layers[i] = layer
+
+    @torch.no_grad()
+    def frozen_prefix(self, batch: EncodedBatch) -> torch.Tensor | None:
+        """The hidden states (B, L, d) entering the first layer that holds an edit module, for every row
+        of ``batch``; None when ``frozen_depth`` is 0.
+
+        They depend only on layers the environment never edits, so they hold for the whole episode:
+        ``target_logits(..., prefix=...)`` then runs only the layers from there up.
+        """
+        if not self.frozen_depth:
+            return None
+        batch = batch.to(self.input_device())
+        found: dict[str, torch.Tensor] = {}
+
+        def capture(_module, args, kwargs):
+            found["hidden"] = args[0] if args else kwargs["hidden_states"]
+            raise _StopForward
+
+        out = None
+        handle = self._layers[self.frozen_depth].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            for rows in self._passes(batch, packed=True):
+                longest = int(batch.attention_mask[rows].sum(1).max())
+                with suppress(_StopForward):
+                    self.model.base_model(
+                        input_ids=batch.input_ids[rows, :longest],
+                        attention_mask=batch.attention_mask[rows, :longest],
+                        use_cache=False,
+                    )
+                hidden = found["hidden"]
+                if out is None:  # padded slots stay zero: they are masked out wherever they are read
+                    out = hidden.new_zeros(*batch.input_ids.shape, hidden.shape[-1])
+                out[rows.to(out.device), :longest] = hidden
+        finally:
+            handle.remove()
+        return out
 
     def _read_targets(self, hidden: torch.Tensor, batch: EncodedBatch) -> TargetLogits:
         """Logits and labels at ``batch``'s answer-predicting positions of the final hidden states.
@@ -240,33 +329,66 @@ class EditableModel:
         return logits
 
     def target_logits(
-        self, batch: EncodedBatch, updates: Updates | None = None, *, enable_grad: bool = False
+        self,
+        batch: EncodedBatch,
+        updates: Updates | None = None,
+        *,
+        enable_grad: bool = False,
+        packed: bool = False,
+        prefix: torch.Tensor | None = None,
     ) -> TargetLogits:
         """Logits at the answer-predicting positions, optionally under a candidate update.
 
         The candidate is not committed: the weights are untouched, and when ``updates`` carry
         gradients the result is differentiable with respect to them. ``enable_grad=True`` builds the
         graph anyway, e.g. to differentiate through vectors added by ``add_to_output``.
+
+        By default rows go through in their own order, ``eval_batch_size`` per pass (what hooks that
+        index a pass's rows, such as ``add_to_output``, need). ``packed=True`` is for scoring many
+        prompts: rows of similar length share a pass of at most ``tokens_per_pass`` tokens, each pass
+        trimmed to its longest row, so there are few passes and little padding. Either way the tokens
+        come back in the batch's order (by row, then position). ``prefix`` (``frozen_prefix(batch)``)
+        starts the passes at the first layer with an edit module.
         """
         batch = batch.to(self.input_device())
-        parts: list[TargetLogits] = []
         grad = enable_grad or (bool(updates) and any(u.requires_grad for u in updates.values()))
+        parts: list[TargetLogits] = []
         with torch.set_grad_enabled(grad):
-            for start in range(0, len(batch), self.eval_batch_size):
+            for rows in self._passes(batch, packed):
+                longest = int(batch.attention_mask[rows].sum(1).max()) if packed else batch.input_ids.shape[1]
                 chunk = EncodedBatch(
-                    batch.input_ids[start : start + self.eval_batch_size],
-                    batch.attention_mask[start : start + self.eval_batch_size],
-                    batch.labels[start : start + self.eval_batch_size],
+                    batch.input_ids[rows, :longest],
+                    batch.attention_mask[rows, :longest],
+                    batch.labels[rows, :longest],
                 )
-                part = self._read_targets(self._hidden_states(chunk, updates), chunk)
-                part.rows = part.rows + start
+                chunk_prefix = None if prefix is None else prefix[rows.to(prefix.device), :longest]
+                part = self._read_targets(self._hidden_states(chunk, updates, chunk_prefix), chunk)
+                part.rows = rows.to(part.rows.device)[part.rows]
                 parts.append(part)
-        return TargetLogits(
-            torch.cat([p.logits for p in parts]),
-            torch.cat([p.labels for p in parts]),
-            torch.cat([p.rows for p in parts]),
-            len(batch),
+        logits, labels, rows = (
+            torch.cat([getattr(p, f) for p in parts]) for f in ("logits", "labels", "rows")
         )
+        if packed:  # back to the batch's order; stable, so each row's tokens stay in position order
+            order = torch.argsort(rows, stable=True)
+            logits, labels, rows = logits[order], labels[order], rows[order]
+        return TargetLogits(logits, labels, rows, len(batch))
+
+    def _passes(self, batch: EncodedBatch, packed: bool) -> list[torch.Tensor]:
+        """The row indices of each forward pass (see ``target_logits``)."""
+        n = len(batch)
+        if not packed:
+            return [
+                torch.arange(s, min(s + self.eval_batch_size, n)) for s in range(0, n, self.eval_batch_size)
+            ]
+        lengths = batch.attention_mask.sum(1).cpu()
+        order = torch.argsort(lengths, stable=True)
+        sizes = lengths[order].tolist()
+        passes, start = [], 0
+        for end in range(1, n + 1):  # rows are sorted by length: a pass's longest row is its last
+            if end == n or (end + 1 - start) * sizes[end] > self.tokens_per_pass:
+                passes.append(order[start:end])
+                start = end
+        return passes
 
     # -------------------------------------------------------------------------------------- trace
     def trace(self, batch: EncodedBatch) -> Trace:
@@ -403,6 +525,12 @@ def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | fl
     return torch.linalg.solve(gram, u.t() @ v)
 
 
+def stack_prefixes(prefixes: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """Concatenate hidden states (B_i, L_i, d) of batches that ``stack_rows`` stacked, zero-padded to
+    its common ``length`` (padded slots are masked out)."""
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, length - p.shape[1])) for p in prefixes])
+
+
 def stack_rows(batches: Sequence[EncodedBatch]) -> EncodedBatch:
     """Concatenate encoded batches into one, right-padding to their common length."""
     length = max(b.input_ids.shape[1] for b in batches)
@@ -415,3 +543,21 @@ def stack_rows(batches: Sequence[EncodedBatch]) -> EncodedBatch:
         torch.cat([pad(b.attention_mask, 0) for b in batches]),
         torch.cat([pad(b.labels, IGNORE_INDEX) for b in batches]),
     )
+
+
+class _StopForward(Exception):
+    """Ends a forward pass early, once the hidden states ``frozen_prefix`` reads are there."""
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a frozen decoder layer: returns the hidden states it is given (the real ones are
+    injected at the first edited layer), keeping the attributes the model's loop reads."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        for attribute in ("attention_type", "layer_idx"):
+            if hasattr(layer, attribute):
+                setattr(self, attribute, getattr(layer, attribute))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states

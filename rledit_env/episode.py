@@ -13,10 +13,10 @@ from rledit_env.tokenization import EncodedBatch, encode_batch
 
 @dataclass
 class PromptSet:
-    """An encoded batch whose rows each belong to one record (``owner[row]`` = record index)."""
+    """An encoded batch whose rows each belong to one edit (``edit_index[row]``, the record's index)."""
 
     batch: EncodedBatch | None  # None when no record has such prompts
-    owner: torch.Tensor  # (rows,) long
+    edit_index: torch.Tensor  # (rows,) long
 
     def __len__(self) -> int:
         return 0 if self.batch is None else len(self.batch)
@@ -26,8 +26,8 @@ def prompt_set(tokenizer, pairs: Sequence[tuple[int, str, str]]) -> PromptSet:
     """Encode (record index, prompt, answer) triples."""
     if not pairs:
         return PromptSet(None, torch.zeros(0, dtype=torch.long))
-    owners, prompts, answers = zip(*pairs, strict=True)
-    return PromptSet(encode_batch(tokenizer, prompts, answers), torch.tensor(owners, dtype=torch.long))
+    edits, prompts, answers = zip(*pairs, strict=True)
+    return PromptSet(encode_batch(tokenizer, prompts, answers), torch.tensor(edits, dtype=torch.long))
 
 
 @dataclass
@@ -40,13 +40,23 @@ class EncodedEdits:
     loc: PromptSet  # locality prompts -> their answers
 
     @classmethod
-    def build(cls, tokenizer, records: Sequence[EditRecord]) -> EncodedEdits:
+    def build(
+        cls,
+        tokenizer,
+        records: Sequence[EditRecord],
+        paraphrases: int | None = None,
+        neighbours: int | None = None,
+    ) -> EncodedEdits:
+        """Encode a batch; ``paraphrases``/``neighbours`` keep only the first so many paraphrase and
+        locality prompts of each record in ``gen``/``loc`` (None: all)."""
         edit = [(i, r.prompt, r.target_new) for i, r in enumerate(records)]
-        gen = edit + [(i, p, r.target_new) for i, r in enumerate(records) for p in r.paraphrase_prompts]
+        gen = edit + [
+            (i, p, r.target_new) for i, r in enumerate(records) for p in r.paraphrase_prompts[:paraphrases]
+        ]
         loc = [
             (i, p, a)
             for i, r in enumerate(records)
-            for p, a in zip(r.locality_prompts, r.locality_answers, strict=True)
+            for p, a in list(zip(r.locality_prompts, r.locality_answers, strict=True))[:neighbours]
         ]
         return cls(
             list(records), prompt_set(tokenizer, edit), prompt_set(tokenizer, gen), prompt_set(tokenizer, loc)

@@ -1,6 +1,6 @@
 """Lifelong editing metrics: efficacy, generalisation and specificity over every edit made so far.
 
-Two suites (DESIGN.md section 5), both always computed when the records allow:
+Two suites (docs/design.md, "Metrics"), both always computed when the records allow:
 
 - token accuracy (ZsRE, FEVER; also reported for CounterFact): ``eff_acc`` and ``gen_acc`` are the
   teacher-forced share of new-answer tokens that are the model's argmax; ``spe_acc`` is the share of
@@ -27,21 +27,21 @@ from rledit_env.tokenization import EncodedBatch
 
 
 def _rows(prompts: PromptSet, num_records: int) -> PromptSet:
-    """The rows of ``prompts`` that belong to the first ``num_records`` records (owners are sorted)."""
-    keep = int((prompts.owner < num_records).sum())
+    """The rows of ``prompts`` that belong to the first ``num_records`` records (edit_index is sorted)."""
+    keep = int((prompts.edit_index < num_records).sum())
     if keep == 0 or prompts.batch is None:
-        return PromptSet(None, prompts.owner[:0])
+        return PromptSet(None, prompts.edit_index[:0])
     b = prompts.batch
     return PromptSet(
-        EncodedBatch(b.input_ids[:keep], b.attention_mask[:keep], b.labels[:keep]), prompts.owner[:keep]
+        EncodedBatch(b.input_ids[:keep], b.attention_mask[:keep], b.labels[:keep]), prompts.edit_index[:keep]
     )
 
 
-def _per_record(values: torch.Tensor, owner: torch.Tensor, num_records: int) -> torch.Tensor:
+def _per_record(values: torch.Tensor, edit_index: torch.Tensor, num_records: int) -> torch.Tensor:
     """Mean of per-row values within each record; NaN for records without rows."""
-    owner = owner.to(values.device)
-    total = torch.zeros(num_records, device=values.device).index_add(0, owner, values.float())
-    count = torch.bincount(owner, minlength=num_records).float()
+    edit_index = edit_index.to(values.device)
+    total = torch.zeros(num_records, device=values.device).index_add(0, edit_index, values.float())
+    count = torch.bincount(edit_index, minlength=num_records).float()
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
 
@@ -82,13 +82,13 @@ class EpisodeEvaluator:
 
     @torch.no_grad()
     def _argmax(self, prompts: PromptSet) -> torch.Tensor:
-        return self.editable.target_logits(prompts.batch).logits.argmax(-1)
+        return self.editable.target_logits(prompts.batch, packed=True).logits.argmax(-1)
 
     @torch.no_grad()
     def _score(self, prompts: PromptSet, num_records: int) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Per-row NLL and accuracy of the first ``num_records`` records' rows."""
         part = _rows(prompts, num_records)
-        target = self.editable.target_logits(part.batch)
+        target = self.editable.target_logits(part.batch, packed=True)
         return target.nll(), target.accuracy(), target
 
     @torch.no_grad()
@@ -99,25 +99,27 @@ class EpisodeEvaluator:
             return {}
         out: dict[str, float] = {"edits": float(n)}
         nll_new, acc_new, _ = self._score(self.edit_new, n)
-        out["eff_acc"] = _mean(_per_record(acc_new, self.edit_new.owner[:n], n))
+        out["eff_acc"] = _mean(_per_record(acc_new, self.edit_new.edit_index[:n], n))
         para = _rows(self.para_new, n)
         if len(para):
             para_nll_new, para_acc, _ = self._score(self.para_new, n)
-            out["gen_acc"] = _mean(_per_record(para_acc, para.owner, n))
+            out["gen_acc"] = _mean(_per_record(para_acc, para.edit_index, n))
         loc = _rows(self.loc, n)
         if len(loc):
             loc_nll_true, _, target = self._score(self.loc, n)
             same = (target.logits.argmax(-1) == self.loc_reference[: target.labels.numel()]).float()
-            out["spe_acc"] = _mean(_per_record(target.per_row_mean(same), loc.owner, n))
+            out["spe_acc"] = _mean(_per_record(target.per_row_mean(same), loc.edit_index, n))
         if self.has_true:
             nll_true, _, _ = self._score(self.edit_true, n)
-            out["eff_prob"] = _mean(_per_record((nll_new < nll_true).float(), self.edit_new.owner[:n], n))
+            edits = self.edit_new.edit_index[:n]
+            out["eff_prob"] = _mean(_per_record((nll_new < nll_true).float(), edits, n))
             if len(para):
                 para_nll_true, _, _ = self._score(self.para_true, n)
-                out["gen_prob"] = _mean(_per_record((para_nll_new < para_nll_true).float(), para.owner, n))
+                para_new_wins = (para_nll_new < para_nll_true).float()
+                out["gen_prob"] = _mean(_per_record(para_new_wins, para.edit_index, n))
             if len(loc):
                 loc_nll_new, _, _ = self._score(self.loc_new, n)
-                out["spe_prob"] = _mean(_per_record((loc_nll_true < loc_nll_new).float(), loc.owner, n))
+                out["spe_prob"] = _mean(_per_record((loc_nll_true < loc_nll_new).float(), loc.edit_index, n))
         suite = "prob" if self.has_true and self.records[0].family == "counterfact" else "acc"
         for name in ("eff", "gen", "spe"):
             if f"{name}_{suite}" in out:
@@ -141,6 +143,6 @@ def perplexity(editable: EditableModel, texts: Sequence[str]) -> float:
         ids[i, : len(r)] = torch.tensor(r)
         attention[i, : len(r)] = 1
         labels[i, 1 : len(r)] = torch.tensor(r[1:])
-    target = editable.target_logits(EncodedBatch(ids, attention, labels))
+    target = editable.target_logits(EncodedBatch(ids, attention, labels), packed=True)
     nll = torch.nn.functional.cross_entropy(target.logits, target.labels)
     return float(torch.exp(nll))

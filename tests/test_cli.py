@@ -73,6 +73,20 @@ def test_train_then_evaluate_a_checkpoint(tmp_path):
     assert set(results["agent"]) == {"rledit"} and results["final"].any()
 
 
+@pytest.mark.slow
+def test_train_builds_the_registered_agent_with_its_defaults(tmp_path):
+    # `sac` is the SB3 adapter with algorithm SAC in the registry; the CLI once built PPO instead
+    from agents.sb3 import SB3Agent
+    from rledit_env.envs import LifelongEditEnv
+
+    ckpt = tmp_path / "sac.pt"
+    args = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--train-episodes", "2", "-q"]
+    assert main(["train", "--agent", "sac", "--checkpoint", str(ckpt), *args, "--out", str(tmp_path)]) == 0
+    env = LifelongEditEnv("tinyworld-tiny", num_batches=2, batch_size=3)
+    agent = SB3Agent.load(ckpt, env)
+    assert type(agent.model).__name__ == "SAC" and agent.config.algorithm == "SAC"
+
+
 def test_clear_errors_for_unknown_names(tmp_path, capsys):
     assert main(["benchmark", *TINY, "--agents", "nosuchagent", "--out", str(tmp_path)]) == 2
     assert "unknown agent 'nosuchagent'" in capsys.readouterr().err
@@ -143,3 +157,20 @@ def test_the_usage_examples_in_the_help_parse():
     assert len(examples) >= 5
     for argv in examples:
         cli.build_parser().parse_args(argv)  # argparse exits on an unknown or missing flag
+
+
+def test_configurations_share_settings_by_extending_one_another(tmp_path):
+    from experiments.harness import BenchmarkConfig
+
+    lifelong = BenchmarkConfig.from_file(CONFIG_DIR / "tinyworld-lifelong.json")
+    demo = BenchmarkConfig.from_file(CONFIG_DIR / "demo-tinyworld.json")
+    assert lifelong.agent_configs["memit"] == demo.agent_configs["memit"]  # written once, in the demo's
+    assert lifelong.train_episodes["rledit"] == 50 and demo.train_episodes["rledit"] == 12
+    assert "ppo" in lifelong.agent_configs and "ppo" not in demo.agent_configs
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "b", "agents": ["noedit"]}))
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a", "agents": ["noedit"]}))
+    with pytest.raises(ValueError, match="cycle"):
+        BenchmarkConfig.from_file(tmp_path / "a.json")
+    (tmp_path / "c.json").write_text(json.dumps({"extends": "nowhere", "agents": ["noedit"]}))
+    with pytest.raises(ValueError, match="extends 'nowhere'"):
+        BenchmarkConfig.from_file(tmp_path / "c.json")

@@ -15,10 +15,11 @@ from transformers import GPT2Config, LlamaConfig
 
 from agents.alphaedit import AlphaEdit, AlphaEditConfig
 from agents.key_stats import key_second_moments
-from agents.memit import MEMIT, MEMITConfig, memit_edit_modules, memit_layers
+from agents.memit import MEMIT, MEMITConfig
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.models import LoadedModel, load_model
+from rledit_env.presets import locate_edit_layers, locate_edit_modules
 from rledit_env.tokenization import IGNORE_INDEX, encode_batch
 
 MODEL = "tinyworld-tiny"
@@ -79,23 +80,23 @@ def _new_answer_accuracy(env: LifelongEditEnv, records) -> float:
 
 
 def test_layers_and_modules_follow_the_architecture():
-    assert memit_layers(32) == [4, 5, 6, 7, 8]  # AlphaEdit's band on Llama-3-8B
-    assert memit_layers(4) == [0, 1]
-    assert memit_layers(2) == [0]
+    assert locate_edit_layers(32) == [4, 5, 6, 7, 8]  # AlphaEdit's band on Llama-3-8B
+    assert locate_edit_layers(4) == [0, 1]
+    assert locate_edit_layers(2) == [0]
     llama = LlamaConfig(num_hidden_layers=32)
-    assert memit_edit_modules(llama)[0] == "model.layers.4.mlp.down_proj"
-    assert memit_edit_modules(GPT2Config(n_layer=12), [3]) == ["transformer.h.3.mlp.c_proj"]
+    assert locate_edit_modules(llama)[0] == "model.layers.4.mlp.down_proj"
+    assert locate_edit_modules(GPT2Config(n_layer=12), [3]) == ["transformer.h.3.mlp.c_proj"]
     with pytest.raises(ValueError, match="within 0..31"):
-        memit_edit_modules(llama, [40])
+        locate_edit_modules(llama, [40])
     with pytest.raises(ValueError, match="model_type 'bert'"):
-        memit_edit_modules(SimpleNamespace(model_type="bert", num_hidden_layers=2))
+        locate_edit_modules(SimpleNamespace(model_type="bert", num_hidden_layers=2))
     with pytest.raises(ValueError, match="lookup"):
         MEMITConfig(lookup="first")
 
 
 def test_agent_refuses_an_env_without_mlp_output_projections():
     env = LifelongEditEnv(load_model(MODEL), num_batches=1, batch_size=2, action_type="shift")
-    with pytest.raises(ValueError, match="preferred_edit_modules"):
+    with pytest.raises(ValueError, match="locate_edit_modules"):
         MEMIT(env, MEMIT_CONFIG, progress=False)
 
 
@@ -108,9 +109,9 @@ def test_prompt_variants_look_up_the_subject_or_the_last_token(make_env, cache_d
         config = MEMITConfig(**{**SHARED, "num_prefixes": 2, "lookup": lookup})
         agent = MEMIT(env, config, cache_dir=cache_dir, progress=False)
         requests = agent._encode(records)
-        assert len(requests.rewrite) == 3 * 3 and requests.owner.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert len(requests.rewrite) == 3 * 3 and requests.edit_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
         for row, col in zip(*requests.rewrite_pos, strict=True):
-            record = records[int(requests.owner[row])]
+            record = records[int(requests.edit_index[row])]
             upto = tok.decode(requests.rewrite.input_ids[row, : int(col) + 1], skip_special_tokens=True)
             assert upto.endswith(record.subject if lookup == "subject_last" else record.prompt)
         assert requests.essence is not None and len(requests.essence) == 3

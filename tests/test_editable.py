@@ -49,7 +49,7 @@ def test_trace_gives_the_weight_gradient_in_the_last_layer(name):
     traced = trace.keys[module].T @ trace.value_grads[module]
     assert torch.allclose(traced, grad, rtol=1e-4, atol=1e-6)
     assert trace.loss == pytest.approx(float(loss.detach()), rel=1e-5)
-    assert trace.rows.numel() == int(batch.target_positions.sum())
+    assert trace.edit_index.numel() == int(batch.target_positions.sum())
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)

@@ -12,12 +12,14 @@ from gymnasium.utils.env_checker import check_env
 from helpers import TINY_MODELS, assert_same_state, gradient_action, model_state, tiny_env
 
 import rledit_env  # noqa: F401  (registers the environments)
-from rledit_env import InvalidActionError
+from rledit_env import EditableModel, InvalidActionError, LifelongEditEnv, RewardConfig
+from rledit_env.models import LoadedModel
 
 
+@pytest.mark.parametrize("score_reward", [True, False])
 @pytest.mark.parametrize("action_type", ["values", "shift"])
-def test_check_env_passes(action_type):
-    env = tiny_env(action_type=action_type, num_batches=3, batch_size=3)
+def test_check_env_passes(action_type, score_reward):
+    env = tiny_env(action_type=action_type, num_batches=3, batch_size=3, score_reward=score_reward)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unbounded Boxes are intended: updates have no natural range
         check_env(env, skip_render_check=True)
@@ -78,7 +80,11 @@ def test_values_interface_solves_the_ridge_problem():
 
 def test_reset_after_50_steps_restores_weights_bitwise():
     env = tiny_env(
-        action_type="shift", num_batches=50, batch_size=1, evaluate_at_end=False, backtrack_depth=2
+        action_type="shift",
+        num_batches=50,
+        batch_size=1,
+        evaluate_at_end=False,
+        reward={"backtrack_depth": 2},
     )
     before = model_state(env)
     obs, _ = env.reset(seed=0)
@@ -104,6 +110,33 @@ def test_same_seed_same_episode_and_metrics():
     other = tiny_env(num_batches=3, batch_size=3)
     other.reset(seed=8)
     assert [[r.case_id for r in b] for b in other.episode] != runs[0][0]
+
+
+def test_reward_off_gives_the_same_weights_observations_and_metrics():
+    runs = []
+    for score_reward in (True, False):
+        env = tiny_env(
+            action_type="shift", num_batches=3, batch_size=3, metrics_every=1, score_reward=score_reward
+        )
+        obs, _ = env.reset(seed=3)
+        observations, rewards, done = [obs], [], False
+        while not done:
+            obs, reward, done, _, info = env.step(gradient_action(env, obs, 1.0))
+            observations.append(obs)
+            rewards.append(reward)
+        runs.append((observations, rewards, info, model_state(env)))
+    (obs_on, rewards_on, info_on, state_on), (obs_off, rewards_off, info_off, state_off) = runs
+    assert info_on["curve"] == info_off["curve"]  # every metric, bit for bit
+    assert_same_state(state_on, state_off)
+    for a, b in zip(obs_on, obs_off, strict=True):
+        for m in a["keys"]:
+            assert np.array_equal(a["keys"][m], b["keys"][m])
+            assert np.array_equal(a["value_grads"][m], b["value_grads"][m])
+    assert info_on["reward_scored"] and not info_off["reward_scored"]
+    assert info_off["losses"] == {} and rewards_off == [0.0, 0.0, 0.0]
+    assert all(r < 0 for r in rewards_on)
+    with pytest.raises(ValueError, match="score_reward"):
+        tiny_env(differentiable=True, score_reward=False)
 
 
 def test_metrics_curve_every_k_steps_and_at_the_end():
@@ -217,7 +250,9 @@ def test_step_before_reset_and_after_end_raise():
 
 
 def test_differentiable_loss_matches_finite_differences():
-    env = tiny_env(action_type="shift", differentiable=True, num_batches=3, batch_size=3, backtrack_depth=2)
+    env = tiny_env(
+        action_type="shift", differentiable=True, num_batches=3, batch_size=3, reward={"backtrack_depth": 2}
+    )
     obs, _ = env.reset(seed=0)
     obs, *_ = env.step(gradient_action(env, obs, 1.0))  # so that backtracking has an earlier batch
     base = {m: torch.tensor(v) for m, v in gradient_action(env, obs, 0.5).items()}
@@ -242,7 +277,10 @@ def test_differentiable_loss_matches_finite_differences():
 
 def test_reward_terms_follow_the_formula():
     env = tiny_env(
-        action_type="shift", num_batches=3, batch_size=2, backtrack_depth=2, decay=0.5, loc_coef=0.6
+        action_type="shift",
+        num_batches=3,
+        batch_size=2,
+        reward=RewardConfig(backtrack_depth=2, decay=0.5, loc_coef=0.6),
     )
     obs, _ = env.reset(seed=0)
     obs, r1, *_, info1 = env.step(gradient_action(env, obs, 1.0))
@@ -277,3 +315,57 @@ def test_pinned_episode_by_indices_and_records():
     assert [r for b in env.episode for r in b] == records
     with pytest.raises(ValueError, match="T x n"):
         env.reset(options={"records": records[:3]})
+
+
+def _tiny_splits():
+    from helpers import _loaded
+
+    return _loaded("tinyworld-tiny").splits
+
+
+def _naive_terms(env: LifelongEditEnv, t: int, refs: dict) -> tuple[float, float, float]:
+    """gen, loc and backtrack of step t scored one pass per batch and prompt kind, in row order (the
+    reference for the packed window), at the current weights."""
+    cfg = env.reward_config
+    per_batch = {}
+    with torch.no_grad():
+        for b in range(t, max(t - cfg.backtrack_depth, -1), -1):
+            batch = env._batches[b]
+            gen = float(env.editable.target_logits(batch.gen.batch).nll().mean())
+            target = env.editable.target_logits(batch.loc.batch)
+            logprobs = torch.log_softmax(target.logits, -1)
+            kl = (refs[b].exp() * (refs[b] - logprobs)).sum(-1)
+            loc = float(target.per_row_mean(kl).mean())
+            per_batch[b] = (gen, loc)
+    backtrack = sum(
+        cfg.decay ** (t - b) * (gen + cfg.loc_coef * loc) for b, (gen, loc) in per_batch.items() if b != t
+    )
+    return per_batch[t][0], per_batch[t][1], backtrack
+
+
+@pytest.mark.parametrize("edit_layer", [0, 1])
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_packed_window_scoring_gives_the_losses_of_one_pass_per_batch_and_kind(differentiable, edit_layer):
+    # edit_layer 1: the reward's passes start at layer 1 from layer 0's cached output (frozen_prefix)
+    loaded = tiny_env().editable  # the shared tiny model, restored
+    modules = [f"model.layers.{edit_layer}.mlp.gate_proj", f"model.layers.{edit_layer}.mlp.up_proj"]
+    editable = EditableModel(loaded.model, loaded.tokenizer, modules)
+    assert editable.frozen_depth == edit_layer
+    env = LifelongEditEnv(
+        LoadedModel(editable, _tiny_splits()),
+        action_type="shift",
+        num_batches=4,
+        batch_size=3,
+        differentiable=differentiable,
+    )
+    env.editable.tokens_per_pass = 40  # several packed passes, rows regrouped by length
+    obs, _ = env.reset(seed=2)
+    for t in range(4):
+        with torch.no_grad():
+            refs = env._reward.references(t)  # at theta_{t-1}, before the step
+        obs, _, _, _, info = env.step(gradient_action(env, obs, 1.0))
+        gen, loc, backtrack = _naive_terms(env, t, refs)  # at theta_t, after it
+        assert info["losses"]["gen"] == pytest.approx(gen, rel=1e-4, abs=1e-6)
+        assert info["losses"]["loc"] == pytest.approx(loc, rel=1e-3, abs=1e-6)
+        assert info["losses"]["backtrack"] == pytest.approx(backtrack, rel=1e-4, abs=1e-6)
+    assert backtrack > 0 and loc > 0  # not vacuous

@@ -37,6 +37,21 @@ def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_p
     assert final.loc["noedit", "spe_acc"] == 1.0  # the unedited model agrees with itself
 
 
+def test_the_benchmarks_reward_reaches_rledits_training(tmp_path):
+    # one owner for the reward: an env-level setting is what RLEdit trains on, unless its config says
+    # otherwise. With backtrack_depth 1 the backtracking term is exactly 0 at every training step.
+    settings = {"train_episodes": {"rledit": 1}, "agent_configs": {"rledit": SMALL_NET}}
+    _run(tmp_path / "k1", ["rledit"], env={"reward": {"backtrack_depth": 1}}, **settings)
+    _run(tmp_path / "default", ["rledit"], **settings)
+    overridden = {"rledit": {**SMALL_NET, "reward": {"backtrack_depth": 1}}}
+    _run(tmp_path / "own", ["rledit"], train_episodes={"rledit": 1}, agent_configs=overridden)
+    backtrack = {
+        run: float(pd.read_csv(tmp_path / run / "training-rledit-2x3-seed0.csv")["backtrack"].iloc[0])
+        for run in ("k1", "default", "own")
+    }
+    assert backtrack["k1"] == 0.0 and backtrack["own"] == 0.0 and backtrack["default"] > 0.0
+
+
 def test_a_users_agent_joins_by_module_and_class(tmp_path):
     spec = agent_spec("examples.cem_agent:CEMStepSizes")
     assert spec.trainable and spec.env_kwargs == {"action_type": "values"}

@@ -19,7 +19,6 @@ from transformers import (
 from rledit_env.editable import EditableModel, ridge_solve
 from rledit_env.models import as_dtype
 from rledit_env.presets import (
-    MODEL_PRESETS,
     PAPER_PRESETS,
     check_tokenizer,
     model_table,
@@ -142,8 +141,12 @@ def test_gemma2_logit_softcapping_matches_the_model():
 
 @pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
 def test_paper_presets_exist_in_a_model_of_that_depth(preset):
-    model_type = {"llama3-8b": "llama", "mistral-7b": "mistral", "gemma2-9b": "gemma2"}[preset]
-    model, tok = tiny_model(model_type, num_layers=MODEL_PRESETS[preset].num_layers)
+    model_type, depth = {
+        "llama3-8b": ("llama", 32),
+        "mistral-7b": ("mistral", 32),
+        "gemma2-9b": ("gemma2", 42),
+    }[preset]
+    model, tok = tiny_model(model_type, num_layers=depth)
     editable = EditableModel(model, tok, preset)
     assert editable.names == PAPER_PRESETS[preset]
     assert len(editable.names) == 18  # gate_proj and up_proj of nine layers
@@ -152,7 +155,7 @@ def test_paper_presets_exist_in_a_model_of_that_depth(preset):
 def test_default_band_is_the_papers_for_llama3_and_20_to_28_for_smollm2():
     llama3 = LlamaConfig(num_hidden_layers=32)
     assert preset_modules(llama3) == PAPER_PRESETS["llama3-8b"]
-    smollm2 = LlamaConfig(num_hidden_layers=MODEL_PRESETS["smollm2"].num_layers)
+    smollm2 = LlamaConfig(num_hidden_layers=30)  # SmolLM2-135M's depth
     names = preset_modules(smollm2)
     assert names[0] == "model.layers.20.mlp.gate_proj" and names[-1] == "model.layers.28.mlp.up_proj"
     assert len(names) == 18

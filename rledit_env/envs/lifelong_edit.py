@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -13,33 +12,16 @@ import torch
 from gymnasium import spaces
 
 from rledit_env.actions import InvalidActionError, check_module_dict, check_norms
-from rledit_env.editable import EditableModel, Trace, ridge_solve, stack_rows
+from rledit_env.editable import EditableModel, Trace, ridge_solve
 from rledit_env.episode import EncodedEdits
 from rledit_env.metrics import EpisodeEvaluator, perplexity
 from rledit_env.models import LoadedModel, load_model
 from rledit_env.records import EditRecord
+from rledit_env.reward import BacktrackingReward, RewardConfig
 from rledit_env.sampler import EpisodeSampler
 from rledit_env.tokenization import encode_one
 
 ACTION_TYPES = ("values", "shift")
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """RLEdit's reward (DESIGN.md section 2). ``backtrack_depth=1, decay=0`` is MALMEN's one-step loss."""
-
-    backtrack_depth: int = 10
-    decay: float = 0.95
-    loc_coef: float = 0.6
-    reg_coef: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if self.backtrack_depth < 1:
-            raise ValueError(f"backtrack_depth must be >= 1, got {self.backtrack_depth}")
-        if not 0 <= self.decay <= 1:
-            raise ValueError(f"decay must be in [0, 1], got {self.decay}")
-        if self.loc_coef < 0 or self.reg_coef < 0:
-            raise ValueError("loc_coef and reg_coef must be >= 0")
 
 
 class LifelongEditEnv(gym.Env):
@@ -96,9 +78,16 @@ class LifelongEditEnv(gym.Env):
 
     L_gen is the mean answer-token cross-entropy of the new answers on the edit and paraphrase prompts;
     L_loc the mean KL divergence, at the locality answers' tokens, from the model before this step's
-    update to the model after it; k = ``backtrack_depth``. With ``differentiable=True``,
-    ``info["loss"]`` is -r_t as a torch scalar attached to the action's graph (``loss.backward()``
-    reaches the action), the analytic policy gradient RLEdit trains with.
+    update to the model after it. The settings (k = ``backtrack_depth``, ``decay``, ``loc_coef``,
+    ``reg_coef``) are one ``rledit_env.reward.RewardConfig``, the ``reward`` argument. With
+    ``differentiable=True``, ``info["loss"]`` is -r_t as a torch scalar attached to the action's graph
+    (``loss.backward()`` reaches the action), the analytic policy gradient RLEdit trains with.
+
+    Scoring the reward costs forward passes over the whole window (up to k batches of edit, paraphrase
+    and locality prompts), far more than editing itself. With ``score_reward=False`` the environment
+    skips it: the reward is 0.0, ``info["reward_scored"]`` is False and ``info["losses"]`` is empty;
+    the weights, observations and metrics are exactly those of a run with the reward on. Use it where
+    nothing reads the reward (evaluating a trained or training-free editor).
 
     ## Starting State
 
@@ -114,7 +103,8 @@ class LifelongEditEnv(gym.Env):
 
     ## Info
 
-    ``losses`` (gen, loc, backtrack, reg, total), ``edits`` (edits made so far), and with ``timing=True``
+    ``losses`` (gen, loc, backtrack, reg, total; empty with the reward off), ``reward_scored``,
+    ``edits`` (edits made so far), and with ``timing=True``
     ``time``: seconds spent validating and applying the update ("update"; includes the ridge solve),
     scoring the reward ("score"), computing metrics ("metrics") and tracing the next batch ("trace").
     Editing time proper is update + trace (an editor needs the keys and value gradients).
@@ -133,10 +123,9 @@ class LifelongEditEnv(gym.Env):
     | batch_size        | 10            | n                                                                  |
     | edit_modules      | None          | module names or a preset name; None: the architecture's preset     |
     | action_type       | "values"      | "values" or "shift"                                                |
-    | backtrack_depth   | 10            | k                                                                  |
-    | decay             | 0.95          | mu                                                                 |
-    | loc_coef          | 0.6           | c_loc                                                              |
-    | reg_coef          | 1e-4          | eta_reg                                                            |
+    | reward            | None          | a ``RewardConfig`` or a dict of its settings (backtrack_depth k,   |
+    |                   |               | decay mu, loc_coef, reg_coef); None: the paper's defaults          |
+    | score_reward      | True          | False: skip the reward's scoring (reward 0.0, metrics unchanged)   |
     | ridge_lambda      | 1.0           | lambda when the action carries no log_lambda                       |
     | max_update_norm   | None          | refuse module updates above this Frobenius norm                    |
     | differentiable    | False         | return the loss as a torch tensor in ``info["loss"]``              |
@@ -146,7 +135,9 @@ class LifelongEditEnv(gym.Env):
     | probe_texts       | None          | texts for the perplexity probe (default: the model's own, if any)  |
     | max_tokens        | None          | N; default: n x the longest answer in the split                    |
     | device, dtype     | None          | where and in which precision to load a named model                 |
+    | eval_batch_size   | 64            | rows per forward pass when scoring many prompts (named models)     |
     | timing            | False         | put wall times by phase in ``info["time"]``                        |
+    | render_mode       | None          | "ansi": ``render()`` returns a line on the last step               |
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -161,10 +152,8 @@ class LifelongEditEnv(gym.Env):
         batch_size: int = 10,
         edit_modules=None,
         action_type: str = "values",
-        backtrack_depth: int = 10,
-        decay: float = 0.95,
-        loc_coef: float = 0.6,
-        reg_coef: float = 1e-4,
+        reward: RewardConfig | Mapping | None = None,
+        score_reward: bool = True,
         ridge_lambda: float = 1.0,
         max_update_norm: float | None = None,
         differentiable: bool = False,
@@ -187,7 +176,10 @@ class LifelongEditEnv(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         if num_batches < 1 or batch_size < 1:
             raise ValueError("num_batches and batch_size must be >= 1")
-        self.reward_config = RewardConfig(backtrack_depth, decay, loc_coef, reg_coef)
+        if differentiable and not score_reward:
+            raise ValueError("differentiable=True returns the reward's gradient: it needs score_reward")
+        self.reward_config = RewardConfig.coerce(reward)
+        self.score_reward = score_reward
         self.num_batches, self.batch_size = num_batches, batch_size
         self.action_type, self.obs_backend = action_type, obs_backend
         self.ridge_lambda, self.max_update_norm = ridge_lambda, max_update_norm
@@ -299,12 +291,6 @@ class LifelongEditEnv(gym.Env):
         self._require_running(allow_done=True)
         return [b.records for b in self._batches]
 
-    @property
-    def current_trace(self) -> Trace:
-        """Keys and value gradients of K_t at the current weights, as torch tensors (unpadded)."""
-        self._require_running()
-        return self._trace
-
     def updates_from_action(self, action) -> dict[str, torch.Tensor]:
         """Validate an action and turn it into fp32 updates dW (d_in, d_out) on the model's device."""
         self._require_running()
@@ -327,7 +313,7 @@ class LifelongEditEnv(gym.Env):
                 lambdas = {m: log_lam[m].exp().squeeze(0) for m in self.module_names}
             else:
                 lambdas = {m: self.ridge_lambda for m in self.module_names}
-            count = self._trace.rows.numel()
+            count = self._trace.edit_index.numel()
             updates = {
                 m: ridge_solve(self._trace.keys[m], values[m][:count], lambdas[m]) for m in self.module_names
             }
@@ -344,9 +330,8 @@ class LifelongEditEnv(gym.Env):
         to evaluate a proposal; ``step`` uses it for the reward.
         """
         self._require_running()
-        terms = self._loss_terms(updates, self._window(), self._references(), functional=True)
-        terms.pop("_loc_logprobs")
-        return terms
+        refs = self._reward.references(self._t)
+        return self._reward.terms(self._t, updates, refs, functional=True, commit=False)
 
     # ------------------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -355,11 +340,15 @@ class LifelongEditEnv(gym.Env):
         records = self._episode_records(options or {})
         n = self.batch_size
         tok = self.editable.tokenizer
-        self._batches = [EncodedEdits.build(tok, records[i : i + n]) for i in range(0, len(records), n)]
+        cfg = self.reward_config
+        self._batches = [
+            EncodedEdits.build(tok, records[i : i + n], cfg.paraphrases_per_edit, cfg.neighbours_per_edit)
+            for i in range(0, len(records), n)
+        ]
         self._evaluator = (
             EpisodeEvaluator(self.editable, records) if (self.evaluate_at_end or self.metrics_every) else None
         )
-        self._loc_refs: dict[int, torch.Tensor] = {}  # batch -> locality log-probs at the current weights
+        self._reward = BacktrackingReward(self.reward_config, self.editable, self._batches)
         self._curve: list[dict] = []
         self._t = 0
         start = time.perf_counter()
@@ -375,30 +364,17 @@ class LifelongEditEnv(gym.Env):
         t = self._t
         with clock("update"):
             updates = self.updates_from_action(action)
-        with clock("score"):
-            window = self._window()
-            refs = self._references()
-        if self.differentiable:  # score theta_{t-1} + dW functionally, so the loss reaches the action
-            with clock("score"):
-                terms = self._loss_terms(updates, window, refs, functional=True)
-            with clock("update"):
-                self.editable.apply_updates(updates)
-        else:
-            with clock("update"):
-                self.editable.apply_updates(updates)
-            with clock("score"), torch.no_grad():
-                terms = self._loss_terms(updates, window, refs, functional=False)
-        self._loc_refs = {b: lp.detach() for b, lp in terms.pop("_loc_logprobs").items()}
-        total = terms["total"]
+        terms = self._take_step(t, updates, clock)
         self._t = t + 1
         terminated = self._t == self.num_batches
         info: dict = {
             "step": self._t,
             "edits": self._t * self.batch_size,
-            "losses": {k: float(v.detach()) for k, v in terms.items()},
+            "reward_scored": terms is not None,
+            "losses": {} if terms is None else {k: float(v.detach()) for k, v in terms.items()},
         }
         if self.differentiable:
-            info["loss"] = total
+            info["loss"] = terms["total"]
         due = self.metrics_every and self._t % self.metrics_every == 0
         if self._evaluator is not None and (due or (terminated and self.evaluate_at_end)):
             with clock("metrics"):
@@ -411,7 +387,8 @@ class LifelongEditEnv(gym.Env):
         if self.timing:  # off by default: wall times differ between runs, and check_env compares infos
             info["time"] = dict(clock.totals)
         self._last_info = info
-        return self._observation(), -float(total.detach()), terminated, False, info
+        reward = 0.0 if terms is None else -float(terms["total"].detach())
+        return self._observation(), reward, terminated, False, info
 
     def render(self):
         if self.render_mode != "ansi":
@@ -456,16 +433,15 @@ class LifelongEditEnv(gym.Env):
 
     def _trace_batch(self, index: int) -> Trace:
         trace = self.editable.trace(self._batches[index].edit.batch)
-        if trace.rows.numel() > self.max_tokens:
-            raise ValueError(
-                f"batch {index} has {trace.rows.numel()} answer tokens, above max_tokens={self.max_tokens}"
-            )
+        tokens = trace.edit_index.numel()
+        if tokens > self.max_tokens:
+            raise ValueError(f"batch {index} has {tokens} answer tokens, above max_tokens={self.max_tokens}")
         return trace
 
     def _observation(self) -> dict:
         n, device = self.max_tokens, self.editable.device
         done = self._t >= self.num_batches
-        count = 0 if done else self._trace.rows.numel()
+        count = 0 if done else self._trace.edit_index.numel()
 
         def padded(tensor: torch.Tensor | None, width: int) -> torch.Tensor:
             out = torch.zeros(n, width, dtype=torch.float32, device=device)
@@ -476,7 +452,7 @@ class LifelongEditEnv(gym.Env):
         shapes = self.editable.shapes
         edit_index = torch.full((n,), -1, dtype=torch.int64, device=device)
         if count:
-            edit_index[:count] = self._trace.rows.to(device)
+            edit_index[:count] = self._trace.edit_index.to(device)
         obs = {
             "keys": {
                 m: padded(None if done else self._trace.keys[m], d_in) for m, (d_in, _) in shapes.items()
@@ -494,69 +470,24 @@ class LifelongEditEnv(gym.Env):
             return obs
         return _to_numpy(obs)
 
-    def _window(self) -> list[int]:
-        """Batches scored by the reward at this step, newest first: t, t-1, ..., t-k+1."""
-        k = self.reward_config.backtrack_depth
-        return list(range(self._t, max(self._t - k, -1), -1))
-
-    @torch.no_grad()
-    def _references(self) -> dict[int, torch.Tensor]:
-        """Locality log-probs of the window's batches at the weights before this step's update.
-
-        Older batches reuse what the previous step computed after its update (the same weights); only
-        the new batch is scored here.
-        """
-        refs = dict(self._loc_refs)
-        batch = self._batches[self._t]
-        if self._t not in refs and len(batch.loc):
-            refs[self._t] = torch.log_softmax(self.editable.target_logits(batch.loc.batch).logits, -1)
-        return refs
-
-    def _loss_terms(self, updates, window: list[int], refs, functional: bool) -> dict:
-        """Reward terms for ``updates``: scored at theta_{t-1} + updates when ``functional``, else at the
-        current weights (which already include them)."""
-        cfg = self.reward_config
-        gen_sets = [self._batches[b].gen for b in window]
-        loc_sets = [self._batches[b].loc for b in window if len(self._batches[b].loc)]
-        stacked = stack_rows([s.batch for s in gen_sets] + [s.batch for s in loc_sets])
-        target = self.editable.target_logits(stacked, updates if functional else None)
-        row_nll = target.nll()
-        gen_losses, offset = [], 0
-        for s in gen_sets:
-            gen_losses.append(row_nll[offset : offset + len(s)].mean())
-            offset += len(s)
-        loc_losses: dict[int, torch.Tensor] = {}
-        loc_logprobs: dict[int, torch.Tensor] = {}
-        token_rows = target.rows
-        for b in window:
-            loc = self._batches[b].loc
-            if not len(loc):
-                continue
-            in_batch = (token_rows >= offset) & (token_rows < offset + len(loc))
-            logprobs = torch.log_softmax(target.logits[in_batch], -1)
-            ref = refs[b]
-            kl = (ref.exp() * (ref - logprobs)).sum(-1)
-            per_row = torch.zeros(len(loc), device=kl.device).index_add(0, token_rows[in_batch] - offset, kl)
-            counts = torch.bincount(token_rows[in_batch] - offset, minlength=len(loc)).clamp(min=1)
-            loc_losses[b] = (per_row / counts).mean()
-            loc_logprobs[b] = logprobs
-            offset += len(loc)
-        zero = row_nll.new_zeros(())
-        per_batch = [
-            gen + cfg.loc_coef * loc_losses.get(b, zero) for b, gen in zip(window, gen_losses, strict=True)
-        ]
-        weights = [cfg.decay**j for j in range(len(window))]
-        reg = sum((d.float().pow(2).sum().to(zero.device) for d in updates.values()), zero)
-        backtrack = sum((w * x for w, x in zip(weights[1:], per_batch[1:], strict=True)), zero)
-        total = per_batch[0] + backtrack + cfg.reg_coef * reg
-        return {
-            "gen": gen_losses[0],
-            "loc": loc_losses.get(window[0], zero),
-            "backtrack": backtrack,
-            "reg": reg,
-            "total": total,
-            "_loc_logprobs": loc_logprobs,
-        }
+    def _take_step(self, t: int, updates, clock: _Clock) -> dict[str, torch.Tensor] | None:
+        """Apply ``updates`` and score the reward's terms (None with the reward off)."""
+        if not self.score_reward:
+            with clock("update"):
+                self.editable.apply_updates(updates)
+            return None
+        with clock("score"):
+            refs = self._reward.references(t)  # at theta_{t-1}: before the update
+        if self.differentiable:  # score theta_{t-1} + dW functionally, so the loss reaches the action
+            with clock("score"):
+                terms = self._reward.terms(t, updates, refs, functional=True, commit=True)
+            with clock("update"):
+                self.editable.apply_updates(updates)
+            return terms
+        with clock("update"):
+            self.editable.apply_updates(updates)
+        with clock("score"), torch.no_grad():
+            return self._reward.terms(t, updates, refs, functional=False, commit=True)
 
     def _metrics(self) -> dict[str, float]:
         metrics = self._evaluator.evaluate(self._t * self.batch_size)
@@ -564,18 +495,6 @@ class LifelongEditEnv(gym.Env):
             metrics["ppl"] = perplexity(self.editable, self.probe_texts)
         self._curve.append({"step": self._t, **metrics})
         return metrics
-
-    def config(self) -> dict:
-        """The environment's settings, for results files."""
-        return {
-            "num_batches": self.num_batches,
-            "batch_size": self.batch_size,
-            "action_type": self.action_type,
-            "edit_modules": self.module_names,
-            "max_tokens": self.max_tokens,
-            "ridge_lambda": self.ridge_lambda,
-            **asdict(self.reward_config),
-        }
 
 
 class _Clock:

@@ -1,0 +1,336 @@
+"""Locate-then-edit in closed form: what MEMIT and AlphaEdit share.
+
+For each batch of edits:
+
+1. **Target vectors.** For each edit, a vector delta added to the residual stream at the lookup token
+   (the last subject token, or the prompt's last token) of the *critical layer* (the last edited layer;
+   added at its MLP output projection) is optimised by Adam so that the model gives the new answer: NLL
+   of the answer on the edit prompt and on prefixed variants of it (general sentences of the model's
+   domain in front, like MEMIT's context templates), plus a KL term that keeps the next-token
+   distribution on "{subject} is a" (the subject's other facts), plus a small norm penalty; ||delta|| is
+   clamped to a multiple of the hidden state's norm. The target is z = h + delta, h the residual stream.
+2. **Spreading.** For each edited layer l, lowest first, at the weights updated so far: keys K (the MLP
+   output projection's input at the lookup token, averaged over the prompt variants), and the residual
+   R = (z - h_current) / (number of edited layers from l up). Each editor solves for the layer's update
+   from K and R in its own way (``LocateThenEdit._solve``), using C = E[k k^T], the keys' second moment
+   over general text (``agents.key_stats``).
+
+The environment must be made with the MLP output projections as edit modules
+(``rledit_env.presets.locate_edit_modules(config)``), since the update is written there. Records
+without a subject in their prompt (FEVER has none) use the prompt's last token, and skip the KL term;
+``lookup="last"`` uses the last token for every record (for models that recall facts there, such as
+TinyWorld's, see docs/tinyworld-settings.md).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+
+from agents.base import AgentConfig, EditAgent, like_observation
+from agents.key_stats import KeyStats, key_second_moments
+from rledit_env.editable import stack_rows
+from rledit_env.presets import architecture, locate_edit_modules, mlp_output_layer
+from rledit_env.records import EditRecord
+from rledit_env.tokenization import EncodedBatch, encode_batch, subject_last_token_index
+
+LOOKUPS = ("subject_last", "last")
+
+
+@dataclass
+class LocateEditConfig(AgentConfig):
+    """What MEMIT and AlphaEdit share: the target vectors' search and the key statistics.
+
+    Defaults are the published ones for Llama-3-8B (AlphaEdit's code base, which runs MEMIT too);
+    docs/tinyworld-settings.md gives TinyWorld's and why.
+    """
+
+    z_steps: int = 25  # Adam steps on the target vectors
+    z_lr: float = 0.1
+    z_weight_decay: float = 0.5  # penalty weight_decay * ||delta|| / ||h||^2, as MEMIT
+    kl_factor: float = 0.0625  # KL on "{subject} is a", keeping the subject's other facts
+    clamp_norm_factor: float = 0.75  # ||delta|| <= clamp_norm_factor * ||h||
+    z_stop_loss: float = 0.05  # stop once every edit's loss is below this
+    # where a fact is looked up: the subject's last token (MEMIT's hypothesis), or the prompt's last
+    # token ("last", ROME/MEMIT's other strategy; for models that recall facts there)
+    lookup: str = "subject_last"
+    # prefixed variants of each prompt, the prefixes drawn from the general texts (MEMIT prefixes five
+    # short texts it generates)
+    num_prefixes: int = 5
+    stats_max_texts: int | None = 20_000  # corpus size for the key statistics (evenly spaced subset)
+    stats_batch_size: int = 32
+    stats_max_length: int = 256
+
+    def __post_init__(self) -> None:
+        if self.z_steps < 1 or self.z_lr <= 0:
+            raise ValueError(f"z_steps must be >= 1 and z_lr > 0, got {self.z_steps}, {self.z_lr}")
+        if min(self.z_weight_decay, self.kl_factor, self.z_stop_loss, self.num_prefixes) < 0:
+            raise ValueError("z_weight_decay, kl_factor, z_stop_loss and num_prefixes must be >= 0")
+        if self.lookup not in LOOKUPS:
+            raise ValueError(f"lookup must be one of {LOOKUPS}, got {self.lookup!r}")
+        if self.clamp_norm_factor <= 0:
+            raise ValueError(f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}")
+        if self.stats_max_texts is not None and self.stats_max_texts < 1:
+            raise ValueError(f"stats_max_texts must be >= 1 or None, got {self.stats_max_texts}")
+
+
+@dataclass
+class EditRequests:
+    """One batch of edits encoded for the target search and the key reads."""
+
+    rewrite: EncodedBatch  # every edit's prompt variants with its new answer
+    rewrite_pos: tuple[torch.Tensor, torch.Tensor]  # the lookup token of each rewrite row
+    edit_index: torch.Tensor  # the edit each rewrite row belongs to
+    bare: torch.Tensor  # the rewrite row of each edit's unprefixed prompt
+    essence: EncodedBatch | None  # "{subject} is a" for the edits that have a subject
+    essence_pos: tuple[torch.Tensor, torch.Tensor]
+    essence_edit_index: torch.Tensor
+    num_edits: int
+
+
+class LocateThenEdit(EditAgent):
+    """Base of the closed-form editors (``action_type="shift"``): target vectors and layer-by-layer
+    spreading, with each editor's own per-layer solve.
+
+    Args:
+        env: a LifelongEditEnv made with ``action_type="shift"`` and
+            ``edit_modules=locate_edit_modules(config)`` (MLP output projections).
+        config: the editor's config (a ``LocateEditConfig``).
+        stats_texts: the corpus for the key statistics; default the environment's ``general_texts``.
+        cache_dir: where statistics are cached (default ``agents.key_stats.stats_cache_dir()``).
+        progress: show a progress bar while computing statistics.
+
+    The key statistics are computed (or loaded from the cache) here, at the model's current weights:
+    build the agent before editing. ``stats_time_s`` is that one-off cost, apart from editing time.
+    Subclasses implement ``_prepare`` (per-module quantities from the statistics), ``_solve`` (one
+    layer's update) and, when they keep state along an episode, ``_start_episode``/``_after_batch``.
+    """
+
+    action_type = "shift"
+    Config = LocateEditConfig
+
+    def __init__(
+        self,
+        env: gym.Env,
+        config: LocateEditConfig | None = None,
+        *,
+        stats_texts: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ):
+        super().__init__(env, config)
+        editable = self.core.editable
+        model_config = editable.model.config
+        layers = {mlp_output_layer(model_config, name): name for name in editable.names}
+        self.module_names = [layers[i] for i in sorted(layers)]  # lowest layer first
+        self.critical_module = self.module_names[-1]
+        # the decoder layer whose output (the residual stream) the target vectors are for
+        self.critical_layer = architecture(model_config).layer_path.format(i=max(layers))
+        texts = list(stats_texts if stats_texts is not None else self.core.general_texts)
+        self._prefixes = self._draw_prefixes(texts)
+        limit = self.config.stats_max_texts
+        if limit is not None and len(texts) > limit:  # an evenly spaced subset keeps the corpus's spread
+            texts = [texts[i * len(texts) // limit] for i in range(limit)]
+        start = time.perf_counter()
+        self.stats: dict[str, KeyStats] = key_second_moments(
+            editable,
+            self.module_names,
+            texts,
+            batch_size=self.config.stats_batch_size,
+            max_length=self.config.stats_max_length,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        self._prepare(self.stats)
+        self.stats_time_s = time.perf_counter() - start
+        self.stats_from_cache = all(s.from_cache for s in self.stats.values())
+
+    @classmethod
+    def preferred_edit_modules(cls, model_config, layers: Sequence[int] | None = None) -> list[str]:
+        """The edit modules the environment must be made with for this agent."""
+        return locate_edit_modules(model_config, layers)
+
+    def _draw_prefixes(self, texts: Sequence[str]) -> list[str]:
+        k = self.config.num_prefixes
+        if k and len(texts) < k:
+            raise ValueError(
+                f"num_prefixes={k} needs at least {k} general texts, the corpus has {len(texts)}"
+            )
+        chosen = random.Random(self.config.seed).sample(list(texts), k) if k else []
+        # short contexts, as MEMIT's ten-token generated prefixes: the first ten words of each text
+        return [" ".join(t.split()[:10]).rstrip(".") for t in chosen]
+
+    # ------------------------------------------------------------------------------ acting
+    def act(self, observation):
+        if float(observation["step"][0]) == 0:
+            self._start_episode()
+        records = self.core.current_records
+        # each edit's target is searched on its own, so edits are grouped to fit one forward pass
+        rows_per_edit = len(self._prefixes) + 2  # its prompt variants and its "{subject} is a"
+        group = max(1, self.core.editable.eval_batch_size // rows_per_edit)
+        targets = torch.cat(
+            [
+                self._target_vectors(self._encode(records[i : i + group]))
+                for i in range(0, len(records), group)
+            ]
+        )
+        requests = self._encode(records)
+        updates: dict[str, torch.Tensor] = {}
+        for i, name in enumerate(self.module_names):
+            keys, current = self._read(requests, name, updates)
+            residual = (targets - current) / (len(self.module_names) - i)
+            updates[name] = self._solve(name, keys, residual)
+        self._after_batch(requests, updates)
+        return like_observation(updates, observation)
+
+    @abstractmethod
+    def _prepare(self, stats: dict[str, KeyStats]) -> None:
+        """Per-module quantities of the solve, once the statistics are known."""
+
+    @abstractmethod
+    def _solve(self, name: str, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The update (d_in, d_out) of module ``name`` that maps the keys K (n, d_in) towards R (n, d_out)."""
+
+    def _start_episode(self) -> None:
+        """Reset per-episode state (none unless the editor keeps some)."""
+
+    def _after_batch(self, requests: EditRequests, updates: dict[str, torch.Tensor]) -> None:
+        """Record what a batch's edits leave behind (nothing unless the editor keeps it)."""
+
+    # ------------------------------------------------------------------------------ pieces
+    def _encode(self, records: Sequence[EditRecord]) -> EditRequests:
+        tok = self.core.editable.tokenizer
+        prompts, answers, edit_index, lookup = [], [], [], []
+        for i, r in enumerate(records):
+            for prefix in ["", *self._prefixes]:
+                prompt = f"{prefix}. {r.prompt}" if prefix else r.prompt
+                prompts.append(prompt)
+                answers.append(r.target_new)
+                edit_index.append(i)
+                lookup.append(self._lookup(prompt, r.subject))
+        rewrite = encode_batch(tok, prompts, answers)
+        edit_index_t = torch.tensor(edit_index)
+        rewrite_pos = (torch.arange(len(prompts)), self._resolve_lookup(rewrite, lookup))
+        bare = torch.arange(len(records)) * (1 + len(self._prefixes))
+        with_subject = [i for i, r in enumerate(records) if r.subject and r.subject in r.prompt]
+        essence, essence_pos = None, (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        if with_subject:
+            e_prompts = [f"{records[i].subject} is a" for i in with_subject]
+            # the answer is a placeholder: only the distribution after "is a" is read
+            essence = encode_batch(tok, e_prompts, [records[i].target_new for i in with_subject])
+            lookup = [
+                self._lookup(p, records[i].subject) for p, i in zip(e_prompts, with_subject, strict=True)
+            ]
+            essence_pos = (torch.arange(len(with_subject)), self._resolve_lookup(essence, lookup))
+        return EditRequests(
+            rewrite,
+            rewrite_pos,
+            edit_index_t,
+            bare,
+            essence,
+            essence_pos,
+            torch.tensor(with_subject, dtype=torch.long),
+            len(records),
+        )
+
+    def _lookup(self, prompt: str, subject: str) -> int | None:
+        """The subject's last token in ``prompt``; None (the prompt's last token) without a subject."""
+        if self.config.lookup == "last" or not subject or subject not in prompt:
+            return None
+        return subject_last_token_index(self.core.editable.tokenizer, prompt, subject)
+
+    @staticmethod
+    def _resolve_lookup(batch: EncodedBatch, lookup: list[int | None]) -> torch.Tensor:
+        last_prompt_token = batch.target_positions.float().argmax(1)  # first position predicting the answer
+        return torch.tensor([int(last_prompt_token[i]) if c is None else c for i, c in enumerate(lookup)])
+
+    def _target_vectors(self, requests: EditRequests) -> torch.Tensor:
+        """z = h + delta for each edit (n, d), delta found by Adam as described in the module docstring."""
+        editable = self.core.editable
+        cfg = self.config
+        bare_pos = (requests.rewrite_pos[0][requests.bare], requests.rewrite_pos[1][requests.bare])
+        h = editable.hidden_at(requests.rewrite, [self.critical_layer], bare_pos, output=True)[
+            self.critical_layer
+        ]
+        n = requests.num_edits
+        rows = len(requests.rewrite)
+        batch, positions, edit_index = requests.rewrite, requests.rewrite_pos, requests.edit_index
+        if requests.essence is not None:
+            batch = stack_rows([requests.rewrite, requests.essence])
+            positions = (
+                torch.cat([positions[0], requests.essence_pos[0] + rows]),
+                torch.cat([positions[1], requests.essence_pos[1]]),
+            )
+            edit_index = torch.cat([edit_index, requests.essence_edit_index])
+        if len(batch) > editable.eval_batch_size:
+            raise ValueError(
+                f"{len(batch)} prompts per step exceed eval_batch_size={editable.eval_batch_size}: "
+                "lower num_prefixes or the batch size, or raise eval_batch_size"
+            )
+        device = editable.device
+        edit_index = edit_index.to(device)
+        h_norm = h.norm(dim=1)
+        delta = torch.zeros_like(h, requires_grad=True)
+        optimizer = torch.optim.Adam([delta], lr=cfg.z_lr)
+        reference = None
+        counts = torch.bincount(requests.edit_index, minlength=n).to(device).float()
+        for step in range(cfg.z_steps):
+            with editable.add_to_output(self.critical_module, positions, delta[edit_index]):
+                target = editable.target_logits(batch, enable_grad=True)
+            row_nll = target.nll()
+            rewrite_edits = requests.edit_index.to(device)
+            nll = torch.zeros(n, device=device).index_add(0, rewrite_edits, row_nll[:rows]) / counts
+            kl = torch.zeros(n, device=device)
+            if requests.essence is not None:
+                essence_tok = target.rows >= rows
+                first = essence_tok & torch.cat(
+                    [essence_tok.new_ones(1), target.rows[1:] != target.rows[:-1]]
+                )
+                logprobs = torch.log_softmax(target.logits[first], -1)
+                if reference is None:
+                    reference = logprobs.detach()
+                row_kl = (reference.exp() * (reference - logprobs)).sum(-1)
+                kl = kl.index_add(0, requests.essence_edit_index.to(device), row_kl)
+            loss = nll + cfg.kl_factor * kl + cfg.z_weight_decay * delta.norm(dim=1) / h_norm**2
+            if float(loss.detach().max()) < cfg.z_stop_loss or step == cfg.z_steps - 1:
+                break
+            optimizer.zero_grad()
+            loss.sum().backward()  # each edit's delta only reaches its own loss
+            optimizer.step()
+            with torch.no_grad():
+                limit = cfg.clamp_norm_factor * h_norm
+                norm = delta.norm(dim=1)
+                delta.mul_(
+                    torch.where(norm > limit, limit / norm.clamp(min=1e-12), torch.ones_like(norm))[:, None]
+                )
+        return h + delta.detach()
+
+    def _read(
+        self, requests: EditRequests, name: str, updates: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys of ``name`` (n, d_in), averaged over each edit's variants, and the critical layer's
+        residual stream at each bare prompt (n, d), under ``updates``."""
+        editable = self.core.editable
+        read = editable.hidden_at(requests.rewrite, [name], requests.rewrite_pos, updates=updates or None)
+        keys = self._mean_keys(read[name], requests)
+        out = editable.hidden_at(  # a second pass: hidden_at reads either inputs or outputs
+            requests.rewrite,
+            [self.critical_layer],
+            requests.rewrite_pos,
+            output=True,
+            updates=updates or None,
+        )[self.critical_layer]
+        return keys, out[requests.bare.to(out.device)]
+
+    @staticmethod
+    def _mean_keys(keys: torch.Tensor, requests: EditRequests) -> torch.Tensor:
+        edit_index = requests.edit_index.to(keys.device)
+        total = keys.new_zeros(requests.num_edits, keys.shape[1]).index_add(0, edit_index, keys)
+        return total / torch.bincount(edit_index, minlength=requests.num_edits)[:, None].float()

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dataset,
         num_batches=args.num_batches,
         batch_size=args.batch_size,
-        backtrack_depth=args.backtrack_depth,
+        reward={"backtrack_depth": args.backtrack_depth},
         action_type="shift",
         obs_backend="torch",
         evaluate_at_end=False,

@@ -3,6 +3,7 @@
 rledit demo                                   RLEdit and its baselines on TinyWorld, in minutes
 rledit benchmark --config experiments/configs/smollm2-counterfact.json
 rledit benchmark --model tinyworld --schedule 20x10 --agents rledit,mend,noedit --seeds 0,1
+rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --tensorboard runs
 rledit train --agent rledit --train-episodes 40 --checkpoint rledit.pt
 rledit evaluate --agent rledit --checkpoint rledit.pt --schedule 20x10
 rledit list                                   agents, models and ready configurations
@@ -32,6 +33,15 @@ def _seeds(text: str) -> list[int]:
         ) from None
 
 
+def _device_map(text: str) -> str | dict:
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--device-map is not valid JSON: {exc}") from None
+
+
 def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
     p.add_argument("--config", help="a JSON benchmark configuration (see experiments/configs/)")
     p.add_argument("--model", help="tinyworld, tinyworld-tiny, smollm2, a hub id or a local model directory")
@@ -44,8 +54,16 @@ def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
     p.add_argument("--train-episodes", type=int, help="training episodes for every trainable agent")
     p.add_argument("--metrics-every", type=int, help="evaluation points along the sequence, every k steps")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--device-map",
+        type=_device_map,
+        help="spread a big model over the devices with accelerate: auto, balanced, sequential, or a JSON "
+        "object of module -> device",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", help="results folder (default: results/<config name>)")
+    p.add_argument("--tensorboard", metavar="DIR", help="write training and evaluation curves to DIR")
+    p.add_argument("--wandb", metavar="PROJECT", help="also log them to a W&B project (needs wandb)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per run with its final metrics")
 
@@ -61,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="a lifelong-editing benchmark: model, dataset, schedules, agents, seeds"
     )
     _add_common(bench)
+    scale = bench.add_argument_group("scaling out (pip install 'rledit-env[ray]')")
+    scale.add_argument("--backend", choices=["local", "ray"], default="local", help="where the cells run")
+    scale.add_argument("--address", help="a Ray cluster to join (default: start one on this machine)")
+    scale.add_argument("--cpus-per-run", type=float, default=1, help="CPUs each cell needs (Ray)")
+    scale.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each cell needs (Ray)")
     train = sub.add_parser("train", help="train one agent and save it as a checkpoint")
     _add_common(train, agents=False)
     train.add_argument("--agent", required=True)
@@ -95,6 +118,7 @@ def resolve_config(args: argparse.Namespace, default_config: str | None):
         "seeds": args.seeds,
         "metrics_every": args.metrics_every,
         "device": args.device,
+        "device_map": args.device_map,
         "dtype": args.dtype,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -121,14 +145,41 @@ def _check_model(name: str) -> None:
     )
 
 
+def _tracking(args):
+    from experiments.tracking import Tracking
+
+    return Tracking(tensorboard=args.tensorboard, wandb=args.wandb)
+
+
+def _executor(args):
+    """None (cells run here, one after another) or the Ray backend."""
+    if getattr(args, "backend", "local") == "local":
+        return None
+    from experiments.ray_backend import RayExecutor, require_ray
+
+    require_ray()
+    return RayExecutor(address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+
+
 def _run_benchmark(config, args, checkpoints=None) -> int:
-    from experiments.harness import Benchmark
+    from experiments.harness import Benchmark, CellsFailed
     from experiments.report import plot_results, summary_table, write_markdown, write_metadata
 
     _check_model(config.model)
     out = Path(args.out or Path("results") / config.name)
-    bench = Benchmark(config, out, progress=not args.quiet, verbose=args.verbose, checkpoints=checkpoints)
-    results = bench.run()
+    bench = Benchmark(
+        config,
+        out,
+        progress=not args.quiet,
+        verbose=args.verbose,
+        checkpoints=checkpoints,
+        tracking=_tracking(args),
+    )
+    try:
+        results = bench.run(_executor(args))
+    except CellsFailed as exc:
+        print(f"rledit: {exc}", file=sys.stderr)
+        return 1
     write_metadata(dataclasses.asdict(config), out)
     write_markdown(results, out / "summary.md", f"{config.name}: {config.model}")
     plots = plot_results(results, out)
@@ -142,6 +193,7 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
 def _train(config, args) -> int:
     from experiments.harness import Benchmark, parse_schedule
     from experiments.registry import agent_spec, build_agent, train_or_load
+    from experiments.tracking import run_group
 
     _check_model(config.model)
     spec = agent_spec(args.agent)
@@ -150,15 +202,19 @@ def _train(config, args) -> int:
     bench = Benchmark(config, args.out or "results/train", progress=not args.quiet)
     num_batches, batch_size = parse_schedule(config.schedules[0])
     env = bench.make_env(spec, num_batches, batch_size)
+    run = f"{args.agent}-{config.schedules[0]}-seed{config.seeds[0]}"
+    settings = {**dataclasses.asdict(config), "agent": args.agent}
     try:
         agent = build_agent(args.agent, env, config.agent_configs.get(args.agent), config.seeds[0])
-        agent, _ = train_or_load(
-            agent,
-            args.checkpoint,
-            episodes=config.train_episodes.get(args.agent, args.train_episodes),
-            reuse=False,
-            progress=not args.quiet,
-        )
+        with _tracking(args).run(run, run_group(config.model, bench.dataset_name), settings) as curves:
+            agent, _ = train_or_load(
+                agent,
+                args.checkpoint,
+                episodes=config.train_episodes.get(args.agent, args.train_episodes),
+                reuse=False,
+                progress=not args.quiet,
+                callback=curves,
+            )
     finally:
         env.close()
     log = getattr(agent, "training_log", [])

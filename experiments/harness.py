@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,47 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from agents.base import Callback
 from experiments.registry import AgentSpec, agent_settings, agent_spec, build_agent, train_or_load
 from experiments.report import training_log_name
+from experiments.tracking import Tracking, run_group
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.models import LoadedModel, load_model
 
 RUN_KEYS = ["agent", "model", "dataset", "schedule", "seed"]
+Cell = tuple[str, str, int]  # (agent, schedule, seed): one run of a benchmark (its model and dataset fixed)
+
+
+@dataclass
+class CellOutcome:
+    """What running one cell gave: its result rows, or the traceback of its failure."""
+
+    cell: Cell
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @classmethod
+    def of(cls, cell: Cell, run: Callable[[], list[dict[str, Any]]]) -> CellOutcome:
+        try:
+            return cls(cell, rows=run())
+        except Exception:  # one broken cell must not stop the grid; its traceback is reported
+            return cls(cell, error=traceback.format_exc())
+
+
+# Runs cells somewhere (another process, a cluster) and yields their outcomes as they finish.
+CellExecutor = Callable[["Benchmark", list[Cell]], Iterable[CellOutcome]]
+
+
+class CellsFailed(RuntimeError):
+    """Some cells of a benchmark failed (their tracebacks were reported); the others' rows are saved."""
+
+    def __init__(self, cells: list[Cell]):
+        super().__init__(
+            f"{len(cells)} cell(s) failed: {', '.join(f'{a} {s} seed {k}' for a, s, k in cells)}; "
+            "the other cells' rows are saved, and running the same command again retries only these"
+        )
+        self.cells = cells
 
 
 @dataclass
@@ -50,6 +85,7 @@ class BenchmarkConfig:
     metrics_every: int = 5
     edit_modules: str | list[str] | None = None
     device: str | None = None
+    device_map: str | dict[str, Any] | None = None  # "auto": accelerate spreads a big model over devices
     dtype: str | None = None
 
     @classmethod
@@ -122,20 +158,37 @@ class Benchmark:
         progress: bool = True,
         verbose: bool = False,
         checkpoints: dict[str, str | Path] | None = None,
+        tracking: Tracking | None = None,
     ):
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress, self.verbose = progress, verbose
         self.checkpoints = {k: Path(v) for k, v in (checkpoints or {}).items()}  # agent -> trained checkpoint
+        self.tracking = tracking or Tracking()
+        self.tracking.check()
         self._loaded: LoadedModel | None = None
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / "results.csv"
+
+    @property
+    def dataset_name(self) -> str:
+        return self.config.dataset or f"{self.config.model}-own"
 
     # ------------------------------------------------------------------------------ model and data
     def loaded_model(self) -> LoadedModel:
         """The model, loaded once for all runs, with train/eval splits of the edits."""
         if self._loaded is None:
             cfg = self.config
-            loaded = load_model(cfg.model, cfg.edit_modules, device=cfg.device, dtype=_dtype(cfg.dtype))
+            loaded = load_model(
+                cfg.model,
+                cfg.edit_modules,
+                device=cfg.device,
+                dtype=_dtype(cfg.dtype),
+                device_map=cfg.device_map,
+            )
             if cfg.dataset is not None:
                 loaded.splits = self._dataset_splits()
             self._pristine = {k: v.detach().clone() for k, v in loaded.editable.model.state_dict().items()}
@@ -181,22 +234,63 @@ class Benchmark:
                 raise RuntimeError(f"the model's weights changed between runs ({key}); this is a bug")
 
     # ------------------------------------------------------------------------------ runs
-    def run(self) -> pd.DataFrame:
+    def pending(self) -> list[Cell]:
+        """The (agent, schedule, seed) cells not yet in results.csv, in the configuration's order."""
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        csv = self.out_dir / "results.csv"
-        done = load_results(csv)
+        done = load_results(self.results_path)
         finished = set() if done.empty else set(map(tuple, done[RUN_KEYS].astype(str).values))
         runs = [(a, s, seed) for seed in cfg.seeds for s in cfg.schedules for a in cfg.agents]
-        dataset = cfg.dataset or f"{cfg.model}-own"
-        todo = [r for r in runs if (r[0], cfg.model, dataset, r[1], str(r[2])) not in finished]
+        todo = [r for r in runs if (r[0], cfg.model, self.dataset_name, r[1], str(r[2])) not in finished]
         if len(todo) < len(runs) and self.verbose:
-            print(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already in {csv}")
-        for agent_name, schedule, seed in tqdm(todo, desc="benchmark", disable=not self.progress):
-            rows = self.run_one(agent_name, schedule, seed)
-            frame = pd.DataFrame(rows)
-            frame.to_csv(csv, mode="a", header=not csv.exists(), index=False)
-        return load_results(csv)
+            print(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already in {self.results_path}")
+        return todo
+
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        """Append one cell's rows to results.csv (only the driver writes it: resume reads it back)."""
+        frame = pd.DataFrame(rows)
+        frame.to_csv(self.results_path, mode="a", header=not self.results_path.exists(), index=False)
+        if self.verbose:
+            last = rows[-1]
+            scores = " ".join(f"{m} {last.get(m, float('nan')):.3f}" for m in ("eff", "gen", "spe"))
+            tqdm.write(
+                f"{last['agent']} {last['schedule']} seed {last['seed']}: {scores} | "
+                f"{1000 * last['time_per_edit_s']:.1f} ms/edit"
+            )
+
+    def run(self, executor: CellExecutor | None = None) -> pd.DataFrame:
+        """Run the pending cells, here one after another or through ``executor`` (e.g. the Ray backend),
+        appending each cell's rows as it finishes. Cells that fail are reported with their tracebacks
+        while the others go on; ``CellsFailed`` is raised at the end if any did."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        todo = self.pending()
+        outcomes = executor(self, todo) if executor is not None else self._run_here(todo)
+        failures: list[CellOutcome] = []
+        with tqdm(total=len(todo), desc="benchmark", unit="cell", disable=not self.progress) as bar:
+            for outcome in outcomes:
+                if outcome.error is None:
+                    self.record(outcome.rows)
+                else:
+                    failures.append(outcome)
+                    tqdm.write(f"cell {outcome.cell} failed:\n{outcome.error}")
+                bar.update()
+        if failures:
+            raise CellsFailed([f.cell for f in failures])
+        return self._in_agent_order(load_results(self.results_path))
+
+    def _in_agent_order(self, results: pd.DataFrame) -> pd.DataFrame:
+        """The rows by the configuration's agent order (cells on Ray finish in any order); agents of
+        earlier runs in the same folder, not in this configuration, last."""
+        if results.empty:
+            return results
+        rank = {name: i for i, name in enumerate(self.config.agents)}
+        key = results["agent"].map(lambda name: rank.get(name, len(rank)))
+        return results.iloc[key.argsort(kind="stable")].reset_index(drop=True)
+
+    def _run_here(self, cells: list[Cell]) -> Iterator[CellOutcome]:
+        if cells:
+            self.loaded_model()  # a model or dataset that fails to load fails the whole run, not a cell
+        for cell in cells:
+            yield CellOutcome.of(cell, lambda cell=cell: self.run_one(*cell))
 
     def run_one(self, agent_name: str, schedule: str, seed: int) -> list[dict[str, Any]]:
         from agents import run_episode
@@ -204,40 +298,50 @@ class Benchmark:
         cfg = self.config
         spec = agent_spec(agent_name)
         num_batches, batch_size = parse_schedule(schedule)
-        env = self.make_env(spec, num_batches, batch_size)
-        try:
-            agent, train_time = self._agent(agent_name, spec, env, schedule, seed)
-            stats_time = float(getattr(agent, "stats_time_s", 0.0))
-            desc = f"{agent_name} {schedule} seed {seed}: editing"
-            bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not self.progress)
-            with bar:
-                result = run_episode(env, agent, seed=seed, on_step=lambda _: bar.update())
-        finally:
-            env.close()  # restores the edit modules
-        self._check_pristine()
-        base = {
-            "agent": agent_name,
-            "model": cfg.model,
-            "dataset": cfg.dataset or f"{cfg.model}-own",
-            "schedule": schedule,
-            "seed": seed,
-            "num_batches": num_batches,
-            "batch_size": batch_size,
-            "time_per_edit_s": result["time_per_edit_s"],
-            "edit_time_s": result["edit_time_s"],
-            "train_time_s": train_time,
-            "stats_time_s": stats_time,
-            "stats_cached": getattr(agent, "stats_from_cache", None),
-            "peak_memory_mib": peak_memory_mib(),
-        }
-        curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
-        rows = [{**base, **point, "final": point["step"] == num_batches} for point in curve]
-        if self.verbose:
-            scores = " ".join(f"{m} {rows[-1].get(m, float('nan')):.3f}" for m in ("eff", "gen", "spe"))
-            tqdm.write(f"{agent_name}: {scores} | {1000 * result['time_per_edit_s']:.1f} ms/edit")
+        run = f"{agent_name}-{schedule}-seed{seed}"
+        settings = {**dataclasses.asdict(cfg), "agent": agent_name, "schedule": schedule, "seed": seed}
+        with self.tracking.run(run, run_group(cfg.model, self.dataset_name), settings) as curves:
+            env = self.make_env(spec, num_batches, batch_size)
+            try:
+                agent, train_time = self._agent(agent_name, spec, env, schedule, seed, curves)
+                stats_time = float(getattr(agent, "stats_time_s", 0.0))
+                desc = f"{agent_name} {schedule} seed {seed}: editing"
+                bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not self.progress)
+                with bar:
+                    result = run_episode(env, agent, seed=seed, on_step=lambda _: bar.update())
+            finally:
+                env.close()  # restores the edit modules
+            self._check_pristine()
+            base = {
+                "agent": agent_name,
+                "model": cfg.model,
+                "dataset": self.dataset_name,
+                "schedule": schedule,
+                "seed": seed,
+                "num_batches": num_batches,
+                "batch_size": batch_size,
+                "time_per_edit_s": result["time_per_edit_s"],
+                "edit_time_s": result["edit_time_s"],
+                "train_time_s": train_time,
+                "stats_time_s": stats_time,
+                "stats_cached": getattr(agent, "stats_from_cache", None),
+                "peak_memory_mib": peak_memory_mib(),
+            }
+            curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
+            rows = [{**base, **point, "final": point["step"] == num_batches} for point in curve]
+            if curves is not None:
+                curves.log_curve(rows)
         return rows
 
-    def _agent(self, name: str, spec: AgentSpec, env: LifelongEditEnv, schedule: str, seed: int):
+    def _agent(
+        self,
+        name: str,
+        spec: AgentSpec,
+        env: LifelongEditEnv,
+        schedule: str,
+        seed: int,
+        callback: Callback | None = None,
+    ):
         """Build the agent; train it (or reuse its checkpoint) when it needs training."""
         agent = build_agent(name, env, self.config.agent_configs.get(name), seed)
         if not (spec.trainable and spec.train):
@@ -247,7 +351,11 @@ class Benchmark:
         ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.pt"
         trained = ckpt.exists()
         agent, train_time = train_or_load(
-            agent, ckpt, episodes=self.config.train_episodes.get(name), progress=self.progress
+            agent,
+            ckpt,
+            episodes=self.config.train_episodes.get(name),
+            progress=self.progress,
+            callback=callback,
         )
         log = getattr(agent, "training_log", None)
         if log and not trained:

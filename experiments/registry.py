@@ -180,21 +180,26 @@ def train_or_load(
     episodes: int | None = None,
     reuse: bool = True,
     progress: bool = True,
+    callback=None,
 ) -> tuple[Any, float]:
     """The trained ``agent`` and the seconds its training took (0.0 when loaded).
 
     With ``reuse`` and an existing ``checkpoint``, the agent saved there is loaded for ``agent``'s
     environment; otherwise ``agent`` trains (``episodes``, or its config's default) and is saved to
-    ``checkpoint`` when one is given.
+    ``checkpoint`` when one is given. ``callback`` (an ``agents.base.Callback``, e.g. the TensorBoard
+    ``experiments.tracking.CurveLogger``) sees the training episodes.
     """
     cls = type(agent)
     if reuse and checkpoint is not None and Path(checkpoint).exists():
         return cls.load(checkpoint, agent.env), 0.0
     start = time.perf_counter()
+    kwargs = (
+        {"progress_bar": progress} if callback is None else {"progress_bar": progress, "callback": callback}
+    )
     if episodes is None:  # the agent's own default (a custom agent's may not accept None)
-        agent.learn(progress_bar=progress)
+        agent.learn(**kwargs)
     else:
-        agent.learn(episodes, progress_bar=progress)
+        agent.learn(episodes, **kwargs)
     seconds = time.perf_counter() - start
     if checkpoint is not None:
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,8 @@ class LifelongEditEnv(gym.Env):
     | probe_texts       | None          | texts for the perplexity probe (default: the model's own, if any)  |
     | max_tokens        | None          | N; default: n x the longest answer in the split                    |
     | device, dtype     | None          | where and in which precision to load a named model                 |
+    | device_map        | None          | "auto" (or a module -> device dict): accelerate spreads the model  |
+    |                   |               | over the devices; each edit module keeps its fp32 master on its own|
     | eval_batch_size   | 64            | rows per forward pass when scoring many prompts (named models)     |
     | timing            | False         | put wall times by phase in ``info["time"]``                        |
     | render_mode       | None          | "ansi": ``render()`` returns a line on the last step               |
@@ -164,6 +166,7 @@ class LifelongEditEnv(gym.Env):
         max_tokens: int | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,
+        device_map: str | dict | None = None,
         eval_batch_size: int = 64,
         timing: bool = False,
         render_mode: str | None = None,
@@ -188,7 +191,7 @@ class LifelongEditEnv(gym.Env):
         self.render_mode = render_mode
         self.timing = timing
 
-        loaded = self._load(model, edit_modules, device, dtype, eval_batch_size)
+        loaded = self._load(model, edit_modules, device, dtype, device_map, eval_batch_size)
         self.editable: EditableModel = loaded.editable
         self.records = self._resolve_records(loaded, dataset, split)
         self.splits = loaded.splits  # the model's own splits (TinyWorld), e.g. for a training env
@@ -234,14 +237,19 @@ class LifelongEditEnv(gym.Env):
 
     # ------------------------------------------------------------------------------ construction
     @staticmethod
-    def _load(model, edit_modules, device, dtype, eval_batch_size) -> LoadedModel:
+    def _load(model, edit_modules, device, dtype, device_map, eval_batch_size) -> LoadedModel:
         if isinstance(model, LoadedModel):
             return model
         if isinstance(model, EditableModel):
             return LoadedModel(model)
         if isinstance(model, str):
             return load_model(
-                model, edit_modules, device=device, dtype=dtype, eval_batch_size=eval_batch_size
+                model,
+                edit_modules,
+                device=device,
+                dtype=dtype,
+                eval_batch_size=eval_batch_size,
+                device_map=device_map,
             )
         raise TypeError(
             f"model must be a name, a path, an EditableModel or a LoadedModel, not {type(model).__name__}"

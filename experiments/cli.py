@@ -7,6 +7,7 @@ rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --te
 rledit train --agent rledit --train-episodes 40 --checkpoint rledit.pt
 rledit evaluate --agent rledit --checkpoint rledit.pt --schedule 20x10
 rledit list                                   agents, models and ready configurations
+rledit data list | download NAME...           the named datasets; the full public files into the cache
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+
+from experiments import data_command
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--agent", required=True)
     evaluate.add_argument("--checkpoint", required=True)
     sub.add_parser("list", help="the agents, models and ready configurations")
+    data_command.add_parser(sub)
     return parser
 
 
@@ -245,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "data":
+            return data_command.run(args)
         if args.command == "demo":
             return _run_benchmark(resolve_config(args, "demo-tinyworld.json"), args)
         if args.command == "benchmark":

@@ -107,6 +107,11 @@ class BenchmarkConfig:
             agent_settings(name, agent_spec(name), self.agent_configs.get(name, {}))
         if not self.seeds:
             raise ValueError("seeds is empty")
+        from rledit_env.datasets import resolve_dataset
+
+        for dataset in (self.dataset, self.train_dataset):
+            if dataset is not None:
+                resolve_dataset(dataset)  # a missing download fails here, before a model loads
 
 
 def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -20,6 +20,7 @@ raises with ``strict=True``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import warnings
@@ -29,19 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from rledit_env.data_files import KNOWN_DATASETS as KNOWN_DATASETS  # re-exported: the known names
+from rledit_env.data_files import PACKAGED_DIR, data_file, downloads_dir, known_names, locate
 from rledit_env.records import FAMILIES, EditRecord
-
-# Short names for the benchmark files shipped with (or next to) the project.
-KNOWN_DATASETS: dict[str, str] = {
-    "counterfact": "counterfact/counterfact-train.json",
-    "counterfact-train": "counterfact/counterfact-train.json",
-    "counterfact-edit-1k": "counterfact/counterfact-edit-1k.json",
-    "counterfact-rome-sample": "counterfact/counterfact-rome-format-sample.json",
-    "zsre": "zsre/zsre_mend_train-1k.json",
-    "zsre-1k": "zsre/zsre_mend_train-1k.json",
-    "fever": "fever/fever_eval_sample.json",
-    "fever-sample": "fever/fever_eval_sample.json",
-}
 
 
 class DatasetFormatError(ValueError):
@@ -59,30 +50,43 @@ class _EmptyFieldError(DatasetFormatError):
 
 
 def data_dirs() -> list[Path]:
-    """Where short dataset names are looked up: $RLEDIT_DATA_DIR, <repo>/data, <repo>/../shared/data."""
-    root = Path(__file__).resolve().parents[1]
+    """Where relative paths are looked up: $RLEDIT_DATA_DIR, the packaged samples, the downloads."""
     dirs = [Path(os.environ["RLEDIT_DATA_DIR"])] if os.environ.get("RLEDIT_DATA_DIR") else []
-    return dirs + [root / "data", root.parent / "shared" / "data"]
+    return dirs + [PACKAGED_DIR, downloads_dir()]
 
 
 def resolve_dataset(path_or_name: str | os.PathLike[str]) -> Path:
-    """A path to an existing file, or a name from KNOWN_DATASETS (or a path relative to a data dir)."""
+    """A path to an existing file, a known name (``rledit_env.data_files``), or a path relative to a
+    data dir. $RLEDIT_DATA_DIR holding a known name's file (same relative path) takes precedence."""
     path = Path(path_or_name)
     if path.is_file():
         return path
-    relative = KNOWN_DATASETS.get(str(path_or_name), str(path_or_name))
+    entry = data_file(str(path_or_name))
+    if entry is not None:
+        custom = os.environ.get("RLEDIT_DATA_DIR")
+        if custom and (Path(custom) / entry.file).is_file():
+            return Path(custom) / entry.file
+        return locate(entry.name)
     for base in data_dirs():
-        if (base / relative).is_file():
-            return base / relative
+        if (base / path).is_file():
+            return base / path
     raise FileNotFoundError(
         f"dataset {str(path_or_name)!r} is neither a file nor found under "
-        f"{', '.join(str(d) for d in data_dirs())}; known names: {', '.join(sorted(KNOWN_DATASETS))}"
+        f"{', '.join(str(d) for d in data_dirs())}; known names: {', '.join(known_names())}"
     )
+
+
+def _read_text(path: Path) -> str:
+    """A file's text; ``.gz`` files (the larger packaged samples) are decompressed."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return handle.read()
+    return path.read_text(encoding="utf-8")
 
 
 def read_json_records(path: Path) -> list[Any]:
     """The raw records of a JSON-list or JSON-lines file."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     stripped = text.lstrip()
     if not stripped:
         raise DatasetFormatError(path, "is empty")

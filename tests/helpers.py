@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
+from rledit_env import data_files
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.models import LoadedModel, load_model
 
 TINY_MODELS = ("tinyworld-tiny", "tinyworld-tiny-gpt2")
+SHARED_DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
+
+
+def data_file(name: str, folder: str = "records") -> Path:
+    """A packaged data file by known name (records) or relative path (general/...): its source copy in
+    ../shared/data where that exists, else the packaged one, so the tests run from any installation."""
+    relative = data_files.data_file(name).file if folder == "records" else name
+    shared = SHARED_DATA / relative.removesuffix(".gz")
+    return shared if shared.is_file() else data_files.PACKAGED_DIR.parent / folder / relative
 
 
 @functools.cache

@@ -7,29 +7,26 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import data_file
 
+from rledit_env.data_files import PACKAGED_DIR
 from rledit_env.datasets import (
     DatasetFormatError,
     load_counterfact,
     load_dataset,
     load_fever,
     load_zsre,
+    resolve_dataset,
     split_records,
 )
 from rledit_env.records import EditRecord
 from rledit_env.tokenization import IGNORE_INDEX, encode_one
 
-DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(),
-    reason=f"real benchmark files not present at {DATA} (optional; the project runs without)",
-)
-
-CF_TRAIN = DATA / "counterfact" / "counterfact-train.json"
-CF_1K = DATA / "counterfact" / "counterfact-edit-1k.json"
-CF_ROME = DATA / "counterfact" / "counterfact-rome-format-sample.json"
-ZSRE = DATA / "zsre" / "zsre_mend_train-1k.json"
-FEVER = DATA / "fever" / "fever_eval_sample.json"
+CF_TRAIN = data_file("counterfact-train")
+CF_1K = data_file("counterfact-edit-1k")
+CF_ROME = data_file("counterfact-rome-sample")
+ZSRE = data_file("zsre-1k")
+FEVER = data_file("fever-sample")
 
 
 def _load_quiet(path: Path, **kwargs) -> list[EditRecord]:
@@ -41,7 +38,6 @@ def _load_quiet(path: Path, **kwargs) -> list[EditRecord]:
 # ---------------------------------------------------------------- real files
 
 
-@needs_data
 def test_counterfact_flat_counts_and_mapping():
     train = load_counterfact(CF_TRAIN)
     edit_1k = load_counterfact(CF_1K)
@@ -64,7 +60,6 @@ def test_counterfact_flat_counts_and_mapping():
     assert not {r.case_id for r in train} & {r.case_id for r in edit_1k}
 
 
-@needs_data
 def test_counterfact_rome_nested_format():
     records = load_counterfact(CF_ROME)
     assert len(records) == 7
@@ -81,7 +76,6 @@ def test_counterfact_rome_nested_format():
     assert records[0].extra["relation_id"] == "P103"
 
 
-@needs_data
 def test_zsre_mapping_and_empty_answers_skipped():
     raw = json.loads(ZSRE.read_text())
     assert len(raw) == 1000
@@ -115,7 +109,6 @@ def test_zsre_mapping_and_empty_answers_skipped():
         load_zsre(ZSRE, strict=True)
 
 
-@needs_data
 def test_fever_mapping_keeps_no_change_edits():
     records = load_fever(FEVER)
     assert len(records) == 48
@@ -130,7 +123,6 @@ def test_fever_mapping_keeps_no_change_edits():
     assert "Not Enough Info" in {a for r in records for a in r.locality_answers}
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("path", "family"),
     [(CF_TRAIN, "counterfact"), (CF_ROME, "counterfact"), (ZSRE, "zsre"), (FEVER, "fever")],
@@ -141,7 +133,6 @@ def test_auto_detection(path, family):
     assert records == _load_quiet(path, family=family, limit=5)
 
 
-@needs_data
 def test_json_lines_and_limit(tmp_path):
     raw = json.loads(FEVER.read_text())[:10]
     jsonl = tmp_path / "fever.jsonl"
@@ -151,16 +142,22 @@ def test_json_lines_and_limit(tmp_path):
     assert load_dataset(jsonl, limit=0) == []
 
 
-@needs_data
-def test_short_names(monkeypatch):
-    monkeypatch.setenv("RLEDIT_DATA_DIR", str(DATA))
+def test_short_names_resolve_to_the_packaged_samples(monkeypatch, tmp_path):
+    monkeypatch.delenv("RLEDIT_DATA_DIR", raising=False)
+    assert resolve_dataset("fever").is_relative_to(PACKAGED_DIR)
     assert len(load_dataset("fever")) == 48
     assert len(load_dataset("counterfact-edit-1k")) == 1000
+    assert load_dataset("counterfact", limit=3) == load_counterfact(CF_TRAIN, limit=3)  # packaged gzip
     with pytest.raises(FileNotFoundError, match="known names"):
         load_dataset("no-such-benchmark")
+    # $RLEDIT_DATA_DIR with a file at a known name's relative path takes its place
+    own = tmp_path / "fever" / "fever_eval_sample.json"
+    own.parent.mkdir()
+    own.write_text(json.dumps(json.loads(FEVER.read_text())[:5]))
+    monkeypatch.setenv("RLEDIT_DATA_DIR", str(tmp_path))
+    assert len(load_dataset("fever")) == 5
 
 
-@needs_data
 def test_wrong_family_names_the_missing_field():
     with pytest.raises(
         DatasetFormatError, match=r"fever_eval_sample\.json: record 0: field 'src' is missing"
@@ -380,8 +377,6 @@ def _sentencepiece(corpus: list[str], alphabet: list[str]):
 
 @pytest.fixture(scope="module")
 def real_pairs() -> list[tuple[str, str]]:
-    if not DATA.is_dir():
-        pytest.skip(f"real benchmark files not present at {DATA}")
     return _all_pairs()
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import data_file
 
 from rledit_env.datasets import load_counterfact, split_records
 from rledit_env.records import EditRecord
 from rledit_env.sampler import EpisodeSampler
-
-DATA = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
 
 
 def _records(n: int) -> list[EditRecord]:
@@ -110,11 +108,10 @@ def test_conflicts_allowed_when_unavoidable_or_switched_off():
     )
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real benchmark files not present at {DATA}")
 def test_real_counterfact_episodes_from_disjoint_splits():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the CounterFact files load without skipping anything
-        records = load_counterfact(DATA / "counterfact" / "counterfact-train.json")
+        records = load_counterfact(data_file("counterfact-train"))
     train, evals = split_records(records, 0.2, seed=0)
     train_ep = EpisodeSampler(train, num_batches=20, batch_size=16).sample(np.random.default_rng(0))
     eval_ep = EpisodeSampler(evals, num_batches=20, batch_size=16).sample(np.random.default_rng(0))

@@ -50,7 +50,7 @@ def records(name: str, count: int):
     try:
         resolve_dataset(name)
     except FileNotFoundError:
-        pytest.skip(f"dataset {name} not found (../shared/data or $RLEDIT_DATA_DIR)")
+        pytest.skip(f"dataset {name} not found")
     return load_dataset(name)[:count]
 
 

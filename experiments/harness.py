@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from experiments.report import training_log_name
 from experiments.tracking import Tracking, run_group
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
+from rledit_env.general_probe import GeneralProbeConfig, probe_general
 from rledit_env.models import LoadedModel, load_model
 
 RUN_KEYS = ["agent", "model", "dataset", "schedule", "seed"]
@@ -83,6 +85,8 @@ class BenchmarkConfig:
     agent_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-agent config overrides
     env: dict[str, Any] = field(default_factory=dict)  # LifelongEditEnv overrides (reward settings, ...)
     metrics_every: int = 5
+    # rledit_env.general_probe.GeneralProbeConfig settings ({} for its defaults); None: no probe
+    general_probe: dict[str, Any] | None = None
     edit_modules: str | list[str] | None = None
     device: str | None = None
     device_map: str | dict[str, Any] | None = None  # "auto": accelerate spreads a big model over devices
@@ -107,6 +111,8 @@ class BenchmarkConfig:
             agent_settings(name, agent_spec(name), self.agent_configs.get(name, {}))
         if not self.seeds:
             raise ValueError("seeds is empty")
+        if self.general_probe is not None:
+            GeneralProbeConfig(**self.general_probe)
         from rledit_env.datasets import resolve_dataset
 
         for dataset in (self.dataset, self.train_dataset):
@@ -173,6 +179,7 @@ class Benchmark:
         self.tracking = tracking or Tracking()
         self.tracking.check()
         self._loaded: LoadedModel | None = None
+        self._probe_before: dict[str, float] | None = None
 
     @property
     def results_path(self) -> Path:
@@ -308,12 +315,14 @@ class Benchmark:
         with self.tracking.run(run, run_group(cfg.model, self.dataset_name), settings) as curves:
             env = self.make_env(spec, num_batches, batch_size)
             try:
+                general = self._general_probe(env.editable, before=True)
                 agent, train_time = self._agent(agent_name, spec, env, schedule, seed, curves)
                 stats_time = float(getattr(agent, "stats_time_s", 0.0))
                 desc = f"{agent_name} {schedule} seed {seed}: editing"
                 bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not self.progress)
                 with bar:
                     result = run_episode(env, agent, seed=seed, on_step=lambda _: bar.update())
+                general.update(self._general_probe(env.editable, before=False))
             finally:
                 env.close()  # restores the edit modules
             self._check_pristine()
@@ -334,9 +343,26 @@ class Benchmark:
             }
             curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
             rows = [{**base, **point, "final": point["step"] == num_batches} for point in curve]
+            for row in rows:
+                if row["final"]:
+                    row.update(general)  # the probe runs once, after the whole sequence
             if curves is not None:
                 curves.log_curve(rows)
         return rows
+
+    def _general_probe(self, editable: EditableModel, *, before: bool) -> dict[str, Any]:
+        """The general-ability probe's columns: ``<task>_before`` (the unedited model, scored once per
+        benchmark) or ``<task>`` after the sequence with its wall time ``probe_time_s``; {} when off."""
+        if self.config.general_probe is None:
+            return {}
+        config = GeneralProbeConfig(**self.config.general_probe)
+        if before:
+            if self._probe_before is None:
+                self._probe_before = probe_general(editable, config)
+            return {f"{k}_before": v for k, v in self._probe_before.items()}
+        start = time.perf_counter()
+        scores = probe_general(editable, config)
+        return {**scores, "probe_time_s": time.perf_counter() - start}
 
     def _agent(
         self,

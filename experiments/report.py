@@ -13,14 +13,20 @@ from typing import Any
 import pandas as pd
 import torch
 
+from rledit_env.general_probe import COLUMNS as PROBE_COLUMNS
+
 METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
+PROBE_NOTE = (
+    " glue_*/mmlu: few-shot label-word accuracy of the general-ability probe after the sequence "
+    "(rledit_env.general_probe); results.csv also holds the unedited model's as *_before."
+)
 
 
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per (agent, model, dataset, schedule): final metrics as mean (and std over seeds)."""
     final = results[results["final"].astype(bool)]
     keys = ["agent", "model", "dataset", "schedule"]
-    metrics = [m for m in METRICS if m in final.columns] + ["time_per_edit_s"]
+    metrics = [m for m in METRICS + PROBE_COLUMNS if m in final.columns] + ["time_per_edit_s"]
     grouped = final.groupby(keys, sort=False)[metrics]
     mean, std, seeds = grouped.mean(), grouped.std(), grouped.size()
     table = pd.DataFrame(index=mean.index)
@@ -53,7 +59,9 @@ def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
         "Final metrics over all edits of the sequence (mean ± std over seeds). eff/gen/spe are the "
         "headline suite of the dataset family (CounterFact: P(new) > P(true); ZsRE/FEVER: token "
         "accuracy); *_acc the token-accuracy suite. ms_per_edit is editing time (the agent's act, the "
-        "update and the tracing of keys and gradients), not scoring.\n\n"
+        "update and the tracing of keys and gradients), not scoring."
+        + (PROBE_NOTE if any(c in table.columns for c in PROBE_COLUMNS) else "")
+        + "\n\n"
         + table.to_markdown(index=False)
         + "\n"
     )

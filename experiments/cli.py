@@ -7,7 +7,8 @@ rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --te
 rledit train --agent rledit --train-episodes 40 --checkpoint rledit.pt
 rledit evaluate --agent rledit --checkpoint rledit.pt --schedule 20x10
 rledit list                                   agents, models and ready configurations
-rledit data list | download NAME...           the named datasets; the full public files into the cache
+rledit data list                              the named datasets: packaged samples and downloadable files
+rledit data download zsre-train zsre-eval     full public files into the cache (resumable, sha256-checked)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
+from experiments.harness import BenchmarkConfig
 from rledit_env import data_files
 from rledit_env.data_files import DataFile
 from rledit_env.datasets import load_dataset, resolve_dataset
@@ -138,6 +139,9 @@ def test_unpinned_digest_is_recorded_then_verified(entry, server, monkeypatch):
 def test_missing_download_says_how_to_get_it(entry):
     with pytest.raises(FileNotFoundError, match="rledit data download zsre-test"):
         resolve_dataset("zsre-test")
+    # A configuration naming it stops at validation, before any model loads.
+    with pytest.raises(FileNotFoundError, match="rledit data download zsre-eval"):
+        BenchmarkConfig(agents=["noedit"], dataset="zsre-eval", train_dataset="zsre-train").validate()
 
 
 def test_cli_download_and_list(entry, server, capsys):

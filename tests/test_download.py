@@ -157,7 +157,6 @@ def test_cli_download_and_list(entry, server, capsys):
 def test_every_paper_configuration_names_known_datasets():
     configs = Path(__file__).parents[1] / "experiments" / "configs"
     for path in configs.glob("paper-*.json"):
-        config = json.loads(path.read_text())
-        for key in ("dataset", "train_dataset"):
-            if key in config:
-                assert data_files.data_file(config[key]) is not None, f"{path.name}: {key}"
+        config = BenchmarkConfig.from_file(path)
+        assert data_files.data_file(config.dataset) is not None, path.name
+        assert config.train_dataset is None or data_files.data_file(config.train_dataset) is not None

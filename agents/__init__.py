@@ -1,6 +1,7 @@
 """Editors as agents of the rledit_env environment: RLEdit, its hypernetwork baselines MEND and MALMEN,
-fine-tuning, a plain gradient step and no-edit, all following ``agents.base.EditAgent``; the closed-form
-editors (MEMIT, AlphaEdit) and the stable-baselines3 adapter load on first use."""
+fine-tuning, a plain gradient step, no-edit and the training-free UltraEdit, all following
+``agents.base.EditAgent``; the closed-form editors (MEMIT, AlphaEdit) and the stable-baselines3 adapter
+load on first use."""
 
 import importlib
 
@@ -20,6 +21,7 @@ from agents.malmen import MALMEN, MALMENConfig
 from agents.mend import MEND, MENDConfig
 from agents.noedit import NoEdit
 from agents.rledit import RLEdit, RLEditConfig
+from agents.ultraedit import UltraEdit, UltraEditConfig
 
 __all__ = [
     "MALMEN",
@@ -40,6 +42,8 @@ __all__ = [
     "PlainGradientConfig",
     "RLEdit",
     "RLEditConfig",
+    "UltraEdit",
+    "UltraEditConfig",
     "env_signature",
     "like_observation",
     "run_episode",

@@ -49,6 +49,12 @@ def _memit_modules(config) -> list[str]:
     return locate_edit_modules(config)
 
 
+def _ultraedit_modules(config) -> list[str]:
+    from rledit_env.presets import ultraedit_modules
+
+    return ultraedit_modules(config)
+
+
 # Rollouts and replay that start short enough for a few hundred environment steps to train.
 _SB3_SMALL_BUDGET = {
     "PPO": {"n_steps": 100, "batch_size": 50, "n_epochs": 10},
@@ -118,6 +124,12 @@ AGENTS: dict[str, AgentSpec] = {
         {"action_type": "shift"},
         edit_modules=_memit_modules,
         description="AlphaEdit: MEMIT projected onto the null space of preserved keys",
+    ),
+    "ultraedit": AgentSpec(
+        _agent("UltraEdit"),
+        {"action_type": "values"},
+        edit_modules=_ultraedit_modules,
+        description="UltraEdit: training-free, lifelong-normalised value gradients + ridge solve",
     ),
 }
 

@@ -220,3 +220,47 @@ def check_tokenizer(config, tokenizer) -> None:
             f"(bos_token_id={bos}, 'a' encodes to {ids}); load the model's own tokenizer "
             "(AutoTokenizer.from_pretrained with the model's hub id or directory)"
         )
+
+
+# ---------------------------------------------------------------------------------------- UltraEdit
+# UltraEdit's published edit modules (github.com/XiaojieGu/UltraEdit, run.sh, ZsRE), per model_type:
+# (depth of the published model, ((projection, first layer, last layer), ...)), scaled to other depths.
+_ULTRAEDIT_BANDS: dict[str, tuple[int, tuple[tuple[str, int, int], ...]]] = {
+    "llama": (32, (("mlp.gate_proj", 11, 15), ("mlp.up_proj", 18, 24))),  # Llama-3-8B-Instruct
+    "mistral": (32, (("mlp.down_proj", 29, 30),)),  # Mistral-7B-v0.3
+    "qwen2": (28, (("mlp.gate_proj", 18, 26), ("mlp.up_proj", 18, 26))),  # Qwen2.5-7B-Instruct
+    "qwen3": (28, (("mlp.gate_proj", 18, 26), ("mlp.up_proj", 18, 26))),  # Qwen2.5's, unpublished
+    "gemma": (62, (("mlp.gate_proj", 52, 60), ("mlp.up_proj", 52, 60))),  # Gemma-3-27B's
+    "gemma2": (62, (("mlp.gate_proj", 52, 60), ("mlp.up_proj", 52, 60))),  # Gemma-3-27B's
+    "gpt2": (28, (("mlp.c_proj", 18, 26),)),  # GPT-J-6B's fc_out, GPT-2's c_proj
+}
+# Below this depth the bands collapse onto the same one or two layers (Llama-3's gate 11-15 and up 18-24
+# become gate 1-2 and up 2-3 of TinyWorld's 4); there UltraEdit edits the MLP output projections of the
+# last two layers, its Mistral-7B choice (down_proj 29-30 of 32), which did better on every metric on
+# TinyWorld's train split (docs/tinyworld-settings.md).
+_ULTRAEDIT_SHALLOW = 8
+
+
+def ultraedit_modules(config) -> list[str]:
+    """UltraEdit's edit modules for a Hugging Face model config: its published bands (above) scaled to
+    the model's depth, layer l of a published L-layer model becoming round(l * depth / L); models under
+    ``_ULTRAEDIT_SHALLOW`` layers edit the MLP output projections of their last two layers."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _ULTRAEDIT_BANDS:
+        raise ValueError(
+            f"no UltraEdit edit modules known for model_type {model_type!r}; supported: "
+            f"{sorted(_ULTRAEDIT_BANDS)}. Make the environment with edit_modules=[...]"
+        )
+    arch, depth = architecture(config), num_layers(config)
+    if depth < _ULTRAEDIT_SHALLOW:
+        return [arch.module(i, arch.mlp_output) for i in range(max(depth - 2, 0), depth)]
+    published_depth, bands = _ULTRAEDIT_BANDS[model_type]
+
+    def scaled(layer: int) -> int:
+        return min(math.floor(layer * depth / published_depth + 0.5), depth - 1)  # half rounds up
+
+    return [
+        arch.module(i, projection)
+        for projection, first, last in bands
+        for i in range(scaled(first), scaled(last) + 1)
+    ]

@@ -121,6 +121,7 @@ def test_list_shows_agents_models_and_configurations(capsys):
         "malmen",
         "memit",
         "alphaedit",
+        "ultraedit",
         "tinyworld",
         "demo-tinyworld",
         "paper-llama3-8b-zsre",

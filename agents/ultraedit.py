@@ -1,0 +1,105 @@
+"""UltraEdit (Gu et al., "UltraEdit: Training-, Subject-, and Memory-Free Lifelong Editing in Language
+Models", TMLR 2026; public code github.com/XiaojieGu/UltraEdit) as an agent of the "values" interface.
+
+No training and no hypernetwork: per batch, for each edit module m and answer token i,
+
+1. a *lifelong normaliser* per module shape (running mean and variance of x = [u, delta], the key
+   and the value gradient concatenated) folds in the batch's real tokens of every module of that
+   shape; it is carried across the whole edit sequence and starts afresh with each episode;
+2. [u^, delta^] = (x - mean) / std;
+3. the value difference is v_i = -lr * ||u^_i||^2 * delta^_i (still in normalised units);
+4. the environment solves dW = (U^T U + lambda I)^-1 U^T V with the *raw* keys U, lambda = 1.
+
+Where it follows the public code (``editor/ultraedit.py``): the statistics are updated with the batch
+before it is normalised (so the first batch is normalised by its own statistics), one normaliser is
+shared by the modules of a shape and updated with each of them, the norm is of the normalised key,
+delta^ is not denormalised, and the ridge solve uses the raw keys with lambda = 1 (``log_lambda`` 0).
+
+Where it departs: the public code keeps one normaliser per editing iteration (``editor.iters``, 1 in
+its configurations) and pads token chunks with zeros that it then drops; here there is one normaliser
+per shape and padding tokens never reach the statistics (``mask``). The statistics are fp64 Welford
+sums (``agents.hypernetwork.RunningNorm``, shared with the hypernetwork editors) rather than the public
+code's fp32 running variance. The published lr 1e-6 is for 7-8B models; smaller models need another
+scale (docs/tinyworld-settings.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+
+from agents.base import AgentConfig, EditAgent, like_observation
+from agents.hypernetwork import RunningNorm
+
+
+@dataclass
+class UltraEditConfig(AgentConfig):
+    """UltraEdit's hyperparameters (published values for Llama-3-8B, Mistral-7B and Qwen2.5-7B)."""
+
+    lr: float = 1e-6  # step size of the value differences
+    log_lambda: float = 0.0  # ridge lambda = exp(log_lambda) = 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not math.isfinite(self.log_lambda):
+            raise ValueError(f"log_lambda must be finite, got {self.log_lambda}")
+
+
+class UltraEdit(EditAgent):
+    """Training-free lifelong editor: normalised value gradients, scaled by the normalised key's squared
+    norm, turned into an update by the environment's ridge solve (see the module docstring).
+
+    ``norms`` maps each module shape (d_in, d_out) to its lifelong normaliser; it is reset when an
+    episode starts (an observation with step 0).
+    """
+
+    Config = UltraEditConfig
+    action_type = "values"
+    name = "ultraedit"
+
+    def __init__(self, env: gym.Env, config: UltraEditConfig | None = None):
+        super().__init__(env, config)
+        editable = self.core.editable
+        self.device = editable.device
+        self.groups: dict[tuple[int, int], list[str]] = {}  # shape -> the modules of that shape
+        for module, shape in editable.shapes.items():
+            self.groups.setdefault(tuple(shape), []).append(module)
+        self.norms: dict[tuple[int, int], RunningNorm] = {}
+        self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        """Forget the normalisers' statistics (a new edit sequence)."""
+        self.norms = {shape: RunningNorm(sum(shape)).to(self.device) for shape in self.groups}
+
+    def act(self, observation):
+        if float(observation["step"][0]) == 0:
+            self.reset_statistics()
+
+        def tensor(x) -> torch.Tensor:
+            return torch.as_tensor(x, device=self.device, dtype=torch.float32)
+
+        mask = tensor(observation["mask"])
+        real = mask.bool()
+        values, log_lambda = {}, {}
+        with torch.no_grad():
+            for shape, modules in self.groups.items():
+                norm = self.norms[shape]
+                features = {
+                    m: torch.cat([tensor(observation["keys"][m]), tensor(observation["value_grads"][m])], -1)
+                    for m in modules
+                }
+                for m in modules:  # the whole batch is folded in before any of it is normalised
+                    norm.update(features[m][real])
+                for m in modules:
+                    keys_hat, grads_hat = norm(features[m]).split(list(shape), -1)
+                    coeff = -self.config.lr * keys_hat.pow(2).sum(-1) * mask  # padding tokens get 0
+                    values[m] = coeff.unsqueeze(-1) * grads_hat
+                    log_lambda[m] = torch.full((1,), self.config.log_lambda, device=self.device)
+        return like_observation({"values": values, "log_lambda": log_lambda}, observation)
+
+
+__all__ = ["UltraEdit", "UltraEditConfig"]

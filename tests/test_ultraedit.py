@@ -135,27 +135,21 @@ def _config(model_type: str, layers: int) -> SimpleNamespace:
     return SimpleNamespace(model_type=model_type, num_hidden_layers=layers)
 
 
+def _band(projection: str, first: int, last: int, path: str = "model.layers") -> list[str]:
+    return [f"{path}.{i}.mlp.{projection}" for i in range(first, last + 1)]
+
+
 def test_edit_modules_are_the_published_ones_scaled_to_depth():
-    llama3 = ultraedit_modules(_config("llama", 32))
-    assert llama3 == [f"model.layers.{i}.mlp.gate_proj" for i in range(11, 16)] + [
-        f"model.layers.{i}.mlp.up_proj" for i in range(18, 25)
-    ]
-    assert ultraedit_modules(_config("mistral", 32)) == [
-        "model.layers.29.mlp.down_proj",
-        "model.layers.30.mlp.down_proj",
-    ]
-    smollm2 = ultraedit_modules(_config("llama", 30))
-    assert smollm2 == [f"model.layers.{i}.mlp.gate_proj" for i in range(10, 15)] + [
-        f"model.layers.{i}.mlp.up_proj" for i in range(17, 24)
-    ]
-    # shallow models (TinyWorld: 4 layers, the tiny one: 2): the last two layers' MLP output projections
-    assert ultraedit_modules(_config("llama", 4)) == [
-        "model.layers.2.mlp.down_proj",
-        "model.layers.3.mlp.down_proj",
-    ]
-    assert ultraedit_modules(_config("gpt2", 2)) == [
-        "transformer.h.0.mlp.c_proj",
-        "transformer.h.1.mlp.c_proj",
-    ]
+    published = {  # github.com/XiaojieGu/UltraEdit, run.sh
+        ("llama", 32): _band("gate_proj", 11, 15) + _band("up_proj", 18, 24),  # Llama-3-8B
+        ("mistral", 32): _band("down_proj", 29, 30),  # Mistral-7B
+        ("qwen2", 28): _band("gate_proj", 18, 26) + _band("up_proj", 18, 26),  # Qwen2.5-7B
+        ("llama", 30): _band("gate_proj", 10, 14) + _band("up_proj", 17, 23),  # scaled: SmolLM2-135M
+        # shallow models (TinyWorld: 4 layers, the tiny one: 2): the last two MLP output projections
+        ("llama", 4): _band("down_proj", 2, 3),
+        ("gpt2", 2): _band("c_proj", 0, 1, path="transformer.h"),
+    }
+    for (model_type, depth), modules in published.items():
+        assert ultraedit_modules(_config(model_type, depth)) == modules, (model_type, depth)
     with pytest.raises(ValueError, match="no UltraEdit edit modules known for model_type 'bert'"):
         ultraedit_modules(_config("bert", 12))

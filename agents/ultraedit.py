@@ -15,12 +15,11 @@ before it is normalised (so the first batch is normalised by its own statistics)
 shared by the modules of a shape and updated with each of them, the norm is of the normalised key,
 delta^ is not denormalised, and the ridge solve uses the raw keys with lambda = 1 (``log_lambda`` 0).
 
-Where it departs: the public code keeps one normaliser per editing iteration (``editor.iters``, 1 in
-its configurations) and pads token chunks with zeros that it then drops; here there is one normaliser
-per shape and padding tokens never reach the statistics (``mask``). The statistics are fp64 Welford
-sums (``agents.hypernetwork.RunningNorm``, shared with the hypernetwork editors) rather than the public
-code's fp32 running variance. The published lr 1e-6 is for 7-8B models; smaller models need another
-scale (docs/tinyworld-settings.md).
+Where it departs: the public code keeps a set of normalisers for each of its ``editor.iters`` editing
+rounds and pads token chunks with zeros that it then drops; here there is one round, one normaliser per
+shape, and padding tokens never reach the statistics (``mask``). The statistics are fp64 Welford sums
+(``agents.hypernetwork.RunningNorm``, shared with the hypernetwork editors). The published lr 1e-6 is
+for 7-8B models; smaller models need another scale (docs/tinyworld-settings.md).
 """
 
 from __future__ import annotations

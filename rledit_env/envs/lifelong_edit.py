@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -398,17 +399,33 @@ class LifelongEditEnv(gym.Env):
         reward = 0.0 if terms is None else -float(terms["total"].detach())
         return self._observation(), reward, terminated, False, info
 
-    def render(self):
+    def render(self) -> str | None:
+        """With ``render_mode="ansi"``: the step, the last step's reward and loss terms, the batch it
+        edited (before the first step: the batch to edit) as "prompt -> new answer (was: true answer)",
+        and Eff/Spe over all edits so far at the latest evaluation (``metrics_every``)."""
         if self.render_mode != "ansi":
             return None
         if self._t is None:
             return "LifelongEditEnv: not reset"
-        info = getattr(self, "_last_info", {})
-        losses = " ".join(f"{k}={v:.4f}" for k, v in info.get("losses", {}).items())
-        metrics = " ".join(f"{k}={v:.3f}" for k, v in info.get("metrics", {}).items())
-        return (
-            f"step {self._t}/{self.num_batches} edits {self._t * self.batch_size} {losses} {metrics}".strip()
-        )
+        lines = [f"step {self._t}/{self.num_batches} | {self._t * self.batch_size} edits made"]
+        losses = self._last_info.get("losses") if self._t else None
+        if losses:  # absent when the reward is not computed
+            terms = " ".join(f"{k} {v:.3f}" for k, v in losses.items() if k != "total")
+            lines[0] += f" | reward {-losses['total']:.3f} ({terms})"
+        lines.append(f"{'edited' if self._t else 'to edit'}: batch {max(self._t, 1)}")
+        records, shown = self._batches[max(self._t - 1, 0)].records, 3
+        for r in records[:shown]:
+            was = f" (was: {r.target_true})" if r.target_true else ""
+            lines.append(f"  {textwrap.shorten(r.prompt, 60, placeholder='...')} -> {r.target_new}{was}")
+        if len(records) > shown:
+            lines.append(f"  ... and {len(records) - shown} more")
+        if self._curve:
+            last = self._curve[-1]
+            lines.append(
+                f"Eff {last['eff']:.3f} Spe {last['spe']:.3f} over the first {last['edits']:.0f} edits "
+                f"(evaluated after step {last['step']})"
+            )
+        return "\n".join(lines)
 
     def close(self):
         if self._t is not None:

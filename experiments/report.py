@@ -6,6 +6,7 @@ import json
 import platform
 import re
 import subprocess
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,32 +84,10 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Retention curves (eff/gen/spe against the number of edits), time per edit per agent, and the
     trained agents' learning curves."""
     plt = _pyplot()
-    written = []
-    for schedule, part in results.groupby("schedule", sort=False):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
-        for ax, metric in zip(axes, ["eff", "gen", "spe"], strict=True):
-            if metric not in part.columns:
-                continue
-            for agent, rows in part.groupby("agent", sort=False):
-                curve = rows.groupby("edits")[metric].agg(["mean", "std"]).reset_index()
-                ax.plot(curve["edits"], curve["mean"], marker="o", ms=3, label=agent)
-                if len(rows["seed"].unique()) > 1:
-                    ax.fill_between(
-                        curve["edits"], curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.15
-                    )
-            ax.set_title(metric)
-            ax.set_xlabel("edits made")
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("score over all edits so far")
-        axes[-1].legend(fontsize=8, loc="best")
-        fig.suptitle(f"Lifelong editing, schedule {schedule}")
-        fig.tight_layout()
-        path = out_dir / f"retention-{schedule}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
+    written = [
+        _plot_retention(part, f"Lifelong editing, schedule {schedule}", out_dir / f"retention-{schedule}.png")
+        for schedule, part in results.groupby("schedule", sort=False)
+    ]
     final = results[results["final"].astype(bool)]
     times = final.groupby("agent", sort=False)["time_per_edit_s"].mean() * 1000
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -124,6 +103,40 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     written.append(path)
     curves = plot_training(out_dir)
     return written + ([curves] if curves else [])
+
+
+def plot_retention(curves: Mapping[str, Sequence[Mapping[str, float]]], path: Path, title: str) -> Path:
+    """Retention curves of single episodes, one per label: ``{label: info["curve"]}`` (an episode's
+    metrics every ``metrics_every`` steps, as ``run_episode(...)["curve"]`` also returns it)."""
+    rows = [{"agent": label, "seed": 0, **point} for label, curve in curves.items() for point in curve]
+    return _plot_retention(pd.DataFrame(rows), title, Path(path))
+
+
+def _plot_retention(results: pd.DataFrame, title: str, path: Path) -> Path:
+    """Eff/Gen/Spe against the number of edits, one line per agent (mean and spread over seeds)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    for ax, metric in zip(axes, ["eff", "gen", "spe"], strict=True):
+        if metric not in results.columns:
+            continue
+        for agent, rows in results.groupby("agent", sort=False):
+            curve = rows.groupby("edits")[metric].agg(["mean", "std"]).reset_index()
+            ax.plot(curve["edits"], curve["mean"], marker="o", ms=3, label=agent)
+            if len(rows["seed"].unique()) > 1:
+                ax.fill_between(
+                    curve["edits"], curve["mean"] - curve["std"], curve["mean"] + curve["std"], alpha=0.15
+                )
+        ax.set_title(metric)
+        ax.set_xlabel("edits made")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("score over all edits so far")
+    axes[-1].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 TRAINING_LOG = re.compile(r"training-(?P<agent>.+)-(?P<schedule>\d+x\d+)-seed(?P<seed>-?\d+)\.csv")

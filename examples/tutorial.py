@@ -368,12 +368,11 @@ print(summary_table(table)[["agent", "eff", "gen", "spe", "ppl", "ms_per_edit"]]
 show(plot_results(table, OUT / "benchmark")[0])
 
 # %% [markdown]
-# CEM maximises the reward, and on `tinyworld` it finds large steps: Eff 0.91, but Spe 0.22 and
-# perplexity 381, where RLEdit keeps 0.57 and 13. The reward weighs the locality of a few neighbours
-# and never sees perplexity; a policy that climbs it harder than RLEdit's short training did shows
-# what it does not price.
-
-# %% [markdown]
+# CEM picks the step sizes with the best return on training sequences; on `tinyworld` it edits hard:
+# Eff 0.91, but Spe 0.22 and perplexity 381, where RLEdit keeps 0.57 and 13. The reward scores the
+# locality of a few neighbours per edit and never sees perplexity: a search over it finds what it does
+# not price.
+#
 # ## 6. Exercises
 #
 # Each changes one thing and reruns a section. The expected outcomes were measured with this

@@ -286,9 +286,9 @@ print(
 # the unedited model: it installs the most edits, while Spe falls and the perplexity climbs as its
 # updates pile up (on `tinyworld`: Eff 0.87, Spe 0.33, perplexity 186). RLEdit's training saw the edited
 # model and paid for the damage in its reward: it installs fewer edits than MALMEN and keeps far more
-# (0.68, 0.57, 13). The untrained network barely edits (0.51, 0.80, 4.6). RLEdit's training loss (right)
-# is noisy: this is a minute of training, not the paper's hours; the README's 20 x 10 benchmark trains
-# longer and compares every agent.
+# (0.68, 0.57, 13). The untrained network edits less and keeps more (0.51, 0.80, 4.6). RLEdit's
+# training loss (right) falls, noisily, over its 12 sequences: a minute of training, not the paper's
+# hours; the README's 20 x 10 benchmark trains longer and compares every agent.
 
 # %%
 show(plot_training(OUT))
@@ -372,7 +372,8 @@ show(plot_results(table, OUT / "benchmark")[0])
 # Eff 0.91, but Spe 0.22 and perplexity 381, where RLEdit keeps 0.57 and 13. The reward scores the
 # locality of a few neighbours per edit and never sees perplexity: a search over it finds what it does
 # not price.
-#
+
+# %% [markdown]
 # ## 6. Exercises
 #
 # Each changes one thing and reruns a section. The expected outcomes were measured with this

@@ -380,11 +380,13 @@ show(plot_results(table, OUT / "benchmark")[0])
 # tutorial's settings on `tinyworld` (10 x 10 held-out edits, seed 0, the budgets above); other seeds
 # and budgets move the numbers. Final Eff / Spe / perplexity (unedited: 0 / 0.99 / 3.95):
 #
-# 1. **Backtracking depth.** Train RLEdit with `RLEditConfig(**hyper, backtrack_depth=1)`: its reward
-#    then scores the current batch only (MALMEN's loss, but on the edited model). *Expected:* more edits
-#    installed and a little less kept: 0.75 / 0.52 / 23, against 0.68 / 0.57 / 13 with k = 10.
-# 2. **No locality term.** Train RLEdit with `loc_coef=0.0`: nothing in the reward asks it to leave the
-#    neighbours' answers alone. *Expected:* it learns to push edits in at any cost: 0.91 / 0.29 / 831.
+# 1. **Backtracking depth.** Train RLEdit with `RLEditConfig(**hyper, reward={"backtrack_depth": 1})`:
+#    its training reward then scores the current batch only (MALMEN's loss, but on the edited model).
+#    *Expected:* more edits installed and a little less kept: 0.75 / 0.52 / 23, against 0.68 / 0.57 /
+#    13 with k = 10.
+# 2. **No locality term.** Train RLEdit with `reward={"loc_coef": 0.0}`: nothing in the reward asks it
+#    to leave the neighbours' answers alone. *Expected:* it pushes edits in at any cost: 0.91 / 0.29 /
+#    831.
 # 3. **Another layer.** Make the environment with `edit_modules=["model.layers.1.mlp.gate_proj",
 #    "model.layers.1.mlp.up_proj"]` (or layer 3; the default edits layer 2 of 4, `env.module_names`) and
 #    rerun section 3. *Expected:* the earlier layer 1 installs more at step size 100 and wrecks the

@@ -140,7 +140,7 @@ class LifelongEditEnv(gym.Env):
     |                   |               | over the devices; each edit module keeps its fp32 master on its own|
     | eval_batch_size   | 64            | rows per forward pass when scoring many prompts (named models)     |
     | timing            | False         | put wall times by phase in ``info["time"]``                        |
-    | render_mode       | None          | "ansi": ``render()`` returns a line on the last step               |
+    | render_mode       | None          | "ansi": render() shows the step, its batch, the latest Eff/Spe     |
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}

@@ -284,9 +284,9 @@ print(
 # %% [markdown]
 # Read the final rows together with the perplexity (3.95 unedited). MALMEN's training only ever saw
 # the unedited model: it installs the most edits, while Spe falls and the perplexity climbs as its
-# updates pile up (on `tinyworld`: Eff 0.87, Spe 0.33, perplexity 186). RLEdit's training saw the edited
+# updates pile up (on `tinyworld`: Eff 0.88, Spe 0.34, perplexity 177). RLEdit's training saw the edited
 # model and paid for the damage in its reward: it installs fewer edits than MALMEN and keeps far more
-# (0.68, 0.57, 13). The untrained network edits less and keeps more (0.51, 0.80, 4.6). RLEdit's
+# (0.69, 0.57, 13). The untrained network edits less and keeps more (0.51, 0.80, 4.6). RLEdit's
 # training loss (right) falls, noisily, over its 12 sequences: a minute of training, not the paper's
 # hours; the README's 20 x 10 benchmark trains longer and compares every agent.
 
@@ -381,12 +381,13 @@ show(plot_results(table, OUT / "benchmark")[0])
 # and budgets move the numbers. Final Eff / Spe / perplexity (unedited: 0 / 0.99 / 3.95):
 #
 # 1. **Backtracking depth.** Train RLEdit with `RLEditConfig(**hyper, reward={"backtrack_depth": 1})`:
-#    its training reward then scores the current batch only (MALMEN's loss, but on the edited model).
-#    *Expected:* more edits installed and a little less kept: 0.75 / 0.52 / 23, against 0.68 / 0.57 /
+#    its training reward then scores the current batch only (like MALMEN's one-step loss, but on the
+#    edited model).
+#    *Expected:* more edits installed and a little less kept: 0.76 / 0.51 / 23, against 0.69 / 0.57 /
 #    13 with k = 10.
 # 2. **No locality term.** Train RLEdit with `reward={"loc_coef": 0.0}`: nothing in the reward asks it
 #    to leave the neighbours' answers alone. *Expected:* it pushes edits in at any cost: 0.91 / 0.29 /
-#    831.
+#    825.
 # 3. **Another layer.** Make the environment with `edit_modules=["model.layers.1.mlp.gate_proj",
 #    "model.layers.1.mlp.up_proj"]` (or layer 3; the default edits layer 2 of 4, `env.module_names`) and
 #    rerun section 3. *Expected:* the earlier layer 1 installs more at step size 100 and wrecks the

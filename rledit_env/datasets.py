@@ -15,7 +15,7 @@ Formats (the format is detected from the first record's keys unless ``family`` i
 Files are a JSON list of objects or JSON lines. A file that breaks the format raises
 `DatasetFormatError` naming the file, the record and the field. A record whose required text is
 empty (two ZsRE records have ``alt == ""``) cannot be an edit: it is skipped with a warning, or
-raises with ``strict=True``.
+raises with ``strict=True``; a file left with no usable record raises, listing what was skipped.
 """
 
 from __future__ import annotations
@@ -331,11 +331,11 @@ def load_dataset(
             if strict:
                 raise
             skipped.append(f"record {err.index} ('{err.field}')")
+    dropped = f"{len(skipped)} record(s) with empty required text: {', '.join(skipped)}"
+    if not records and limit != 0:  # a benchmark on zero edits would only fail later, less clearly
+        raise DatasetFormatError(path, f"yields no usable record; skipped {dropped}")
     if skipped:
-        warnings.warn(
-            f"{path.name}: skipped {len(skipped)} record(s) with empty required text: {', '.join(skipped)}",
-            stacklevel=2,
-        )
+        warnings.warn(f"{path.name}: skipped {dropped}", stacklevel=2)
     return records
 
 

@@ -408,3 +408,11 @@ def test_every_real_record_tokenises(real_pairs, style):
         if tokenizer.decode(answer_ids) not in (answer, " " + answer):
             wrong.append((prompt, answer, tokenizer.decode(answer_ids)))
     assert not wrong, f"{len(wrong)} answers do not decode back, e.g. {wrong[:3]}"
+
+
+def test_a_file_with_no_usable_record_is_an_error_naming_what_was_dropped(tmp_path):
+    path = _write(tmp_path, [_zsre_record(src=""), _zsre_record(alt=" ")])
+    with pytest.raises(DatasetFormatError, match=r"bad\.json: yields no usable record; skipped 2 record") as err:
+        load_dataset(path)
+    assert "record 0 ('src')" in str(err.value) and "record 1 ('alt')" in str(err.value)
+    assert load_dataset(path, limit=0) == []  # asking for no records is not an error

@@ -58,6 +58,8 @@ def check_module_dict(
             if tensor.dtype != torch.float32 or tensor.device != device
             else tensor
         )
+        if not bool(torch.isfinite(out[name]).all()):  # float64 beyond fp32's range becomes inf
+            raise InvalidActionError(f"{where}[{name!r}]: values beyond float32's range (about 3.4e38)")
     return out
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from rledit_env.actions import InvalidActionError
 from rledit_env.presets import check_tokenizer, decoder_layers, resolve_edit_modules
 from rledit_env.tokenization import IGNORE_INDEX, EncodedBatch
 
@@ -226,6 +227,16 @@ class EditableModel:
             else:
                 master.add_(module.layout(delta.detach()).float())
                 module.weight.copy_(master)
+
+    @torch.no_grad()
+    def check_updates_finite(self, updates: Updates) -> None:
+        """Refuse updates whose application would leave a weight NaN or inf (a finite but huge dW can
+        overflow the weight's dtype: fp32 near 3.4e38, fp16 at 65504), before any weight changes."""
+        for n, delta in updates.items():
+            if not bool(torch.isfinite(self.updated_weight(n, delta.detach())).all()):
+                raise InvalidActionError(
+                    f"update of {n!r} would make its weight NaN or inf in {self.modules[n].weight.dtype}"
+                )
 
     def updated_weight(self, name: str, delta: torch.Tensor) -> torch.Tensor:
         """The weight ``apply_updates({name: delta})`` would give, in the layer's layout and dtype.

@@ -239,6 +239,32 @@ def test_bad_values_action_is_refused_with_weights_unchanged():
     assert_same_state(before, model_state(env))
 
 
+def test_finite_actions_whose_update_or_weights_overflow_are_refused_with_weights_unchanged():
+    env = tiny_env(action_type="shift", max_update_norm=None)
+    obs, _ = env.reset(seed=0)
+    first = env.module_names[0]
+    zeros = {m: np.zeros(shape, dtype=np.float32) for m, shape in env.editable.shapes.items()}
+    before = model_state(env)
+    beyond_fp32 = {**zeros, first: np.full(env.editable.shapes[first], 1e300)}  # finite float64
+    with pytest.raises(InvalidActionError, match="float32's range"):
+        env.step(beyond_fp32)
+    assert_same_state(before, model_state(env))
+    huge = {**zeros, first: np.full(env.editable.shapes[first], 3e38, dtype=np.float32)}
+    env.step(huge)  # finite weights of huge magnitude: accepted
+    before = model_state(env)
+    with pytest.raises(InvalidActionError, match=f"update of '{first}' would make its weight NaN or inf"):
+        env.step(huge)  # 3e38 + 3e38 overflows float32
+    assert_same_state(before, model_state(env))
+
+    values_env = tiny_env(action_type="values", max_update_norm=None)
+    obs, _ = values_env.reset(seed=0)
+    before = model_state(values_env)
+    values = {m: np.full_like(v, 3e38) for m, v in obs["value_grads"].items()}
+    with pytest.raises(InvalidActionError, match="ridge solve"):
+        values_env.step({"values": values})  # finite values, but U^T V overflows in the solve
+    assert_same_state(before, model_state(values_env))
+
+
 def test_step_before_reset_and_after_end_raise():
     env = tiny_env(action_type="shift", num_batches=1, batch_size=2)
     with pytest.raises(RuntimeError, match="reset"):

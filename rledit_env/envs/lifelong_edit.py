@@ -50,8 +50,8 @@ class LifelongEditEnv(gym.Env):
     |             | layout whatever the layer stores).                                                |
 
     numpy arrays or torch tensors (any float dtype, any device) are accepted. An action with missing or
-    extra modules, a wrong shape, a non-float dtype, NaN or inf, or a module update whose Frobenius
-    norm exceeds ``max_update_norm`` raises ``InvalidActionError`` and leaves every weight bitwise
+    extra modules, a wrong shape, a non-float dtype, NaN or inf (in the action, the solved update or the
+    weights it would give), or a module update whose Frobenius norm exceeds ``max_update_norm`` raises ``InvalidActionError`` and leaves every weight bitwise
     unchanged.
 
     ## Observation Space
@@ -330,6 +330,7 @@ class LifelongEditEnv(gym.Env):
             if bad:
                 raise InvalidActionError(f"the ridge solve for {bad} gave NaN or inf (lambda too small?)")
         check_norms(updates, self.max_update_norm)
+        self.editable.check_updates_finite(updates)
         return updates
 
     def candidate_losses(self, updates: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

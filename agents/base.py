@@ -21,13 +21,8 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is corrupt, of another agent, or made for another model or edit modules."""
+from agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 
 
 @dataclasses.dataclass
@@ -158,36 +153,38 @@ class EditAgent(ABC):
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike) -> None:
-        torch.save(
+        """Save the agent as a safetensors checkpoint (``agents.checkpoint``: loading it runs no code)."""
+        write_checkpoint(
+            path,
             {
-                "format": CHECKPOINT_FORMAT,
                 "agent": type(self).__name__,
                 "config": dataclasses.asdict(self.config),
                 "env": env_signature(self.env),
                 "state": self.state_dict(),
             },
-            path,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike, env: gym.Env) -> EditAgent:
-        """Rebuild a saved agent for ``env``; refuses another agent, model or edit-module set."""
-        try:
-            payload = torch.load(path, map_location=env.unwrapped.editable.device, weights_only=False)
-        except Exception as exc:  # torch raises many types for a damaged file
-            raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: not an rledit-env agent checkpoint")
-        if payload["agent"] != cls.__name__:
-            raise CheckpointError(f"{path}: a {payload['agent']} checkpoint, not {cls.__name__}")
-        expected, found = env_signature(env), payload["env"]
+        """Rebuild a saved agent for ``env``; refuses another agent, model or edit-module set, and old
+        pickle-format files (see ``agents.checkpoint.convert_checkpoint``)."""
+        payload = read_checkpoint(path)
+        if payload.get("agent") != cls.__name__:
+            raise CheckpointError(f"{path}: a {payload.get('agent')} checkpoint, not {cls.__name__}")
+        expected, found = env_signature(env), payload.get("env", {})
         for key in ("model_type", "modules"):
             if found.get(key) != expected[key]:
                 raise CheckpointError(
                     f"{path}: made for {key} {found.get(key)!r}, but the environment has {expected[key]!r}"
                 )
-        agent = cls(env, cls.Config(**payload["config"]))
-        agent.load_state_dict(payload["state"])
+        try:
+            config = cls.Config(**payload["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path}: the checkpoint's config does not fit {cls.Config.__name__} ({exc})"
+            ) from exc
+        agent = cls(env, config)
+        agent.load_state_dict(payload.get("state", {}))
         return agent
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from rledit_env.atomic import atomic_path
 from rledit_env.cache import cache_root
 from rledit_env.editable import EditableModel
 from rledit_env.tokenization import EncodedBatch
@@ -130,8 +131,7 @@ def key_second_moments(
     for name in missing:
         moment = (sums[name] / count).cpu()
         payload = {"second_moment": moment, "count": count, "module": name, "seconds": seconds}
-        tmp = paths[name].with_suffix(f".tmp-{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, paths[name])  # atomic: a concurrent reader sees the whole file or none
+        with atomic_path(paths[name]) as tmp:  # a concurrent reader sees the whole file or none
+            torch.save(payload, tmp)
         result[name] = KeyStats(name, moment, count, False, paths[name])
     return {n: result[n] for n in module_names}

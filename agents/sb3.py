@@ -7,7 +7,7 @@ Training is SB3's own::
     model = PPO("MlpPolicy", env, tensorboard_log="runs").learn(20_000, callback=EditMetricsCallback())
     agent = SB3Agent(eval_env, model)  # eval_env: LifelongEditEnv(action_type="values", split="eval")
     run_episode(eval_env, agent, seed=0)
-    agent.save("ppo.pt"); SB3Agent.load("ppo.pt", eval_env)
+    agent.save("ppo.safetensors"); SB3Agent.load("ppo.safetensors", eval_env)
 
 The compact settings (``SB3AgentConfig``'s projection_dim, base_step, ...) must be those the model was
 trained with, or its observations mean something else.
@@ -15,10 +15,13 @@ trained with, or its observations mean something else.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import io
+import json
 import math
+import zipfile
 from typing import Any
 
 import gymnasium as gym
@@ -86,7 +89,8 @@ class SB3Agent(EditAgent):
     ``act(obs) = wrapper.action(model.predict(wrapper.observation(obs)), obs)``, where ``wrapper`` is a
     ``CompactEditWrapper`` with this config's settings. Without ``model`` a fresh one is built
     (``config.algorithm``), for ``learn``. ``save`` stores the model with SB3's own ``save`` (its zip,
-    inside the agent checkpoint, with the class it was made with); ``load`` rebuilds it.
+    inside the agent checkpoint, with the class it was made with); ``load`` rebuilds it through SB3's
+    ``load`` without unpickling (see ``load_state_dict``).
     """
 
     Config = SB3AgentConfig
@@ -106,10 +110,14 @@ class SB3Agent(EditAgent):
                 raise ValueError(
                     f"unknown stable-baselines3 algorithm {self.config.algorithm!r} (e.g. PPO, A2C, SAC, TD3)"
                 )
-            model = algorithm(
-                self.config.policy, self.wrapper, seed=self.config.seed, **self.config.algorithm_kwargs
-            )
+            model = self._fresh_model(algorithm)
         self.model = self._checked(model)
+
+    def _fresh_model(self, algorithm: type[BaseAlgorithm]) -> BaseAlgorithm:
+        """An untrained ``algorithm`` model on this agent's compact interface, with its config's settings."""
+        return algorithm(
+            self.config.policy, self.wrapper, seed=self.config.seed, **self.config.algorithm_kwargs
+        )
 
     def _checked(self, model: BaseAlgorithm) -> BaseAlgorithm:
         if not isinstance(model, BaseAlgorithm):
@@ -178,10 +186,35 @@ class SB3Agent(EditAgent):
         return {"algorithm": f"{cls.__module__}:{cls.__qualname__}", "model_zip": buffer.getvalue()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the model with SB3's ``load``, without unpickling anything: SB3's zip keeps the policy
+        class, spaces and schedules as cloudpickle blobs, which could run code; they are taken instead
+        from a model built from this agent's config (the weights themselves load as plain tensors)."""
         try:
-            module, _, name = state["algorithm"].partition(":")
-            algorithm = getattr(importlib.import_module(module), name)
-            model = algorithm.load(io.BytesIO(state["model_zip"]), device=self.model.device)
-        except (KeyError, AttributeError, ImportError, ValueError) as exc:
+            algorithm = _algorithm_class(state["algorithm"])
+            model_zip = state["model_zip"]
+            template = self.model if type(self.model) is algorithm else self._fresh_model(algorithm)
+            pickled = _pickled_entries(model_zip)
+            custom = {key: copy.copy(getattr(template, key, None)) for key in pickled}
+            model = algorithm.load(io.BytesIO(model_zip), device=self.model.device, custom_objects=custom)
+        except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"SB3Agent: the checkpoint's model does not load ({exc})") from exc
         self.model = self._checked(model)
+
+
+def _algorithm_class(spec: str) -> type[BaseAlgorithm]:
+    """The algorithm class ``module:name`` of a checkpoint, from stable-baselines3 only: a file must not
+    choose which module gets imported."""
+    module, _, name = spec.partition(":")
+    if module.split(".")[0] != "stable_baselines3":
+        raise ValueError(f"the algorithm {spec!r} is not one of stable-baselines3")
+    algorithm = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(algorithm, type) and issubclass(algorithm, BaseAlgorithm)):
+        raise ValueError(f"{spec!r} is not a stable-baselines3 algorithm")
+    return algorithm
+
+
+def _pickled_entries(model_zip: bytes) -> list[str]:
+    """The entries of an SB3 zip's "data" that SB3's loader would unpickle (cloudpickle)."""
+    with zipfile.ZipFile(io.BytesIO(model_zip)) as archive:
+        data = json.loads(archive.read("data"))
+    return [key for key, value in data.items() if isinstance(value, dict) and ":serialized:" in value]

@@ -4,8 +4,8 @@ rledit demo                                   RLEdit and its baselines on TinyWo
 rledit benchmark --config experiments/configs/smollm2-counterfact.json
 rledit benchmark --model tinyworld --schedule 20x10 --agents rledit,mend,noedit --seeds 0,1
 rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --tensorboard runs
-rledit train --agent rledit --train-episodes 40 --checkpoint rledit.pt
-rledit evaluate --agent rledit --checkpoint rledit.pt --schedule 20x10
+rledit train --agent rledit --train-episodes 40 --checkpoint rledit.safetensors
+rledit evaluate --agent rledit --checkpoint rledit.safetensors --schedule 20x10
 rledit list                                   agents, models and ready configurations
 rledit data list                              the named datasets: packaged samples and downloadable files
 rledit data download zsre-train zsre-eval     full public files into the cache (resumable, sha256-checked)
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one agent and save it as a checkpoint")
     _add_common(train, agents=False)
     train.add_argument("--agent", required=True)
-    train.add_argument("--checkpoint", required=True, help="where to save the trained agent (.pt)")
+    train.add_argument("--checkpoint", required=True, help="where to save the trained agent (.safetensors)")
     evaluate = sub.add_parser("evaluate", help="evaluate a trained checkpoint on a lifelong schedule")
     _add_common(evaluate, agents=False)
     evaluate.add_argument("--agent", required=True)

@@ -379,7 +379,11 @@ class Benchmark:
             return agent, 0.0
         if name in self.checkpoints:  # a checkpoint the user gave: used as it is
             return type(agent).load(self.checkpoints[name], env), 0.0
-        ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.pt"
+        ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.safetensors"
+        if not ckpt.exists() and ckpt.with_suffix(".pt").exists():
+            ckpt = ckpt.with_suffix(
+                ".pt"
+            )  # a results folder from before safetensors: load says how to convert
         trained = ckpt.exists()
         agent, train_time = train_or_load(
             agent,

@@ -24,6 +24,7 @@ from agents import (
     RLEditConfig,
     run_episode,
 )
+from agents.checkpoint import read_checkpoint, write_checkpoint
 from agents.hypernetwork import HyperNetwork, RunningNorm
 from rledit_env import EditableModel, LifelongEditEnv
 from rledit_env.models import LoadedModel
@@ -67,7 +68,7 @@ def test_agent_completes_an_episode_in_the_plain_gym_loop(name):
 def test_save_and_load_give_bitwise_identical_actions(name, tmp_path):
     env, agent = make(name, obs_backend="torch")
     agent.learn(1, progress_bar=False)
-    path = tmp_path / f"{name}.pt"
+    path = tmp_path / f"{name}.safetensors"
     agent.save(path)
     loaded = type(agent).load(path, env)
     assert loaded.config == agent.config
@@ -82,7 +83,7 @@ def test_save_and_load_give_bitwise_identical_actions(name, tmp_path):
 
 def test_a_checkpoint_for_other_edit_modules_or_agents_or_a_damaged_file_is_refused(tmp_path):
     env, agent = make("malmen")
-    path = tmp_path / "malmen.pt"
+    path = tmp_path / "malmen.safetensors"
     agent.save(path)
     editable = env.unwrapped.editable
     other_modules = EditableModel(editable.model, editable.tokenizer, ["model.layers.1.mlp.down_proj"])
@@ -91,13 +92,13 @@ def test_a_checkpoint_for_other_edit_modules_or_agents_or_a_damaged_file_is_refu
         MALMEN.load(path, other)
     with pytest.raises(CheckpointError, match="MALMEN checkpoint, not RLEdit"):
         RLEdit.load(path, env)
-    damaged = tmp_path / "damaged.pt"
+    damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         MALMEN.load(damaged, env)
-    payload = torch.load(path, weights_only=False)
+    payload = read_checkpoint(path)
     del payload["state"]["net"]["lr"]
-    torch.save(payload, path)
+    write_checkpoint(path, payload)
     with pytest.raises(CheckpointError, match="does not fit"):
         MALMEN.load(path, env)
 

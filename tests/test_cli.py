@@ -63,7 +63,7 @@ def test_same_seed_same_table_and_resume_skips_finished_runs(tmp_path):
 
 
 def test_train_then_evaluate_a_checkpoint(tmp_path):
-    ckpt = tmp_path / "rledit.pt"
+    ckpt = tmp_path / "rledit.safetensors"
     args = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--train-episodes", "2", "-q"]
     assert main(["train", "--agent", "rledit", "--checkpoint", str(ckpt), *args, "--out", str(tmp_path)]) == 0
     assert ckpt.exists()

@@ -24,7 +24,7 @@ def test_cem_finds_better_steps_than_a_too_small_start(tmp_path):
     assert after["return"] > before["return"] + 0.5
     assert after["metrics"]["eff_acc"] > before["metrics"]["eff_acc"]
 
-    agent.save(tmp_path / "cem.pt")
-    loaded = CEMStepSizes.load(tmp_path / "cem.pt", env)
+    agent.save(tmp_path / "cem.safetensors")
+    loaded = CEMStepSizes.load(tmp_path / "cem.safetensors", env)
     np.testing.assert_array_equal(loaded.mean, agent.mean)
     np.testing.assert_array_equal(loaded.std, agent.std)

@@ -32,8 +32,8 @@ def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_p
     assert final.loc["rledit", "train_time_s"] > 0 and final.loc["rledit-untrained", "train_time_s"] == 0
     log = pd.read_csv(tmp_path / "training-rledit-2x3-seed0.csv")
     assert len(log) == 2 and "loss" in log.columns
-    assert (tmp_path / "checkpoints" / "rledit-2x3-seed0.pt").exists()
-    assert not (tmp_path / "checkpoints" / "rledit-untrained-2x3-seed0.pt").exists()
+    assert (tmp_path / "checkpoints" / "rledit-2x3-seed0.safetensors").exists()
+    assert not (tmp_path / "checkpoints" / "rledit-untrained-2x3-seed0.safetensors").exists()
     assert final.loc["noedit", "spe_acc"] == 1.0  # the unedited model agrees with itself
 
 

@@ -97,8 +97,8 @@ def test_save_and_load_keep_the_model(tmp_path):
     model = SAC("MlpPolicy", compact_train_env(), learning_starts=4, batch_size=4, seed=0).learn(8)
     env = tiny_env(**EPISODE)
     agent = SB3Agent(env, model, SB3AgentConfig(projection_dim=8))
-    agent.save(tmp_path / "sac.pt")
-    loaded = SB3Agent.load(tmp_path / "sac.pt", env)
+    agent.save(tmp_path / "sac.safetensors")
+    loaded = SB3Agent.load(tmp_path / "sac.safetensors", env)
     assert isinstance(loaded.model, SAC) and loaded.config == agent.config
     obs, _ = env.reset(seed=2)
     compact = agent.wrapper.observation(obs)
@@ -107,7 +107,7 @@ def test_save_and_load_keep_the_model(tmp_path):
     )
     other = LifelongEditEnv("tinyworld-tiny", edit_modules=["model.layers.1.mlp.up_proj"], **EPISODE)
     with pytest.raises(CheckpointError, match="modules"):
-        SB3Agent.load(tmp_path / "sac.pt", other)
+        SB3Agent.load(tmp_path / "sac.safetensors", other)
 
 
 def test_adapter_refuses_a_model_of_another_shape():

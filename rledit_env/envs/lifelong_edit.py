@@ -51,8 +51,8 @@ class LifelongEditEnv(gym.Env):
 
     numpy arrays or torch tensors (any float dtype, any device) are accepted. An action with missing or
     extra modules, a wrong shape, a non-float dtype, NaN or inf (in the action, the solved update or the
-    weights it would give), or a module update whose Frobenius norm exceeds ``max_update_norm`` raises ``InvalidActionError`` and leaves every weight bitwise
-    unchanged.
+    weights it would give), or a module update whose Frobenius norm exceeds ``max_update_norm`` raises
+    ``InvalidActionError`` and leaves every weight bitwise unchanged.
 
     ## Observation Space
 

@@ -9,6 +9,7 @@ rledit evaluate --agent rledit --checkpoint rledit.safetensors --schedule 20x10
 rledit list                                   agents, models and ready configurations
 rledit data list                              the named datasets: packaged samples and downloadable files
 rledit data download zsre-train zsre-eval     full public files into the cache (resumable, sha256-checked)
+rledit convert-checkpoint old.pt new.safetensors   an old pickle checkpoint to the safe format
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ import sys
 from pathlib import Path
 
 from experiments import data_command
+from experiments.lock import ResultsFolderBusy, results_lock
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line on stderr and exit code 2 (argparse's default prints the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _csv(text: str) -> list[str]:
@@ -73,9 +85,7 @@ def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rledit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="rledit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="RLEdit against its baselines on TinyWorld (a few minutes on a CPU)")
     _add_common(demo)
@@ -98,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     sub.add_parser("list", help="the agents, models and ready configurations")
     data_command.add_parser(sub)
+    convert = sub.add_parser(
+        "convert-checkpoint",
+        help="rewrite an old pickle-format checkpoint (.pt) as a safetensors one",
+        description="Checkpoints used to be torch.save pickles, which can run code when loaded; they are "
+        "now refused. This reads OLD with torch.load(weights_only=True), torch's restricted unpickler that "
+        "builds only tensors and plain containers and refuses any other object (so a crafted file is "
+        "refused, not run), and writes NEW in the safetensors format. Still, convert only files you trust: "
+        "a converted checkpoint is a trained editor that will change your model's weights.",
+    )
+    convert.add_argument("old", help="the old checkpoint")
+    convert.add_argument("new", help="where to write the converted one (.safetensors)")
     return parser
 
 
@@ -109,9 +130,7 @@ def resolve_config(args: argparse.Namespace, default_config: str | None):
     if source is not None and not Path(source).exists():
         named = CONFIG_DIR / f"{source}.json"
         if not named.exists():
-            raise SystemExit(
-                f"rledit: no configuration {source!r} (files in {CONFIG_DIR}: {_config_names()})"
-            )
+            raise UsageError(f"no configuration {source!r} (files in {CONFIG_DIR}: {_config_names()})")
         source = str(named)
     config = BenchmarkConfig.from_file(source) if source else BenchmarkConfig()
     overrides = {
@@ -144,8 +163,8 @@ def _check_model(name: str) -> None:
 
     if name in MODEL_LOADERS or Path(name).is_dir() or "/" in name:
         return
-    raise SystemExit(
-        f"rledit: unknown model {name!r}: use one of {sorted(MODEL_LOADERS)}, a local model directory, "
+    raise UsageError(
+        f"unknown model {name!r}: use one of {sorted(MODEL_LOADERS)}, a local model directory, "
         "or a hub id such as meta-llama/Meta-Llama-3-8B (needs the internet)"
     )
 
@@ -180,14 +199,15 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
         checkpoints=checkpoints,
         tracking=_tracking(args),
     )
-    try:
-        results = bench.run(_executor(args))
-    except CellsFailed as exc:
-        print(f"rledit: {exc}", file=sys.stderr)
-        return 1
-    write_metadata(dataclasses.asdict(config), out)
-    write_markdown(results, out / "summary.md", f"{config.name}: {config.model}")
-    plots = plot_results(results, out)
+    with results_lock(out):  # the run and the files made from its results, by one process
+        try:
+            results = bench.run(_executor(args))
+        except CellsFailed as exc:
+            print(f"rledit: {exc}", file=sys.stderr)
+            return 1
+        write_metadata(dataclasses.asdict(config), out)
+        write_markdown(results, out / "summary.md", f"{config.name}: {config.model}")
+        plots = plot_results(results, out)
     print(summary_table(results).to_markdown(index=False))
     print(
         f"\nresults: {out / 'results.csv'}, {out / 'summary.md'}, plots: {', '.join(p.name for p in plots)}"
@@ -203,7 +223,7 @@ def _train(config, args) -> int:
     _check_model(config.model)
     spec = agent_spec(args.agent)
     if not spec.trainable:
-        raise SystemExit(f"rledit: agent {args.agent!r} needs no training")
+        raise UsageError(f"agent {args.agent!r} needs no training")
     bench = Benchmark(config, args.out or "results/train", progress=not args.quiet)
     num_batches, batch_size = parse_schedule(config.schedules[0])
     env = bench.make_env(spec, num_batches, batch_size)
@@ -245,6 +265,14 @@ def _list() -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from agents.checkpoint import convert_checkpoint
+
+    payload = convert_checkpoint(args.old, args.new)
+    print(f"converted {args.old} ({payload['agent']}) to {args.new}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -252,16 +280,20 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "data":
             return data_command.run(args)
+        if args.command == "convert-checkpoint":
+            return _convert(args)
         if args.command == "demo":
             return _run_benchmark(resolve_config(args, "demo-tinyworld.json"), args)
         if args.command == "benchmark":
             return _run_benchmark(resolve_config(args, None), args)
+        if args.command == "evaluate" and not Path(args.checkpoint).is_file():
+            raise UsageError(f"no checkpoint file {args.checkpoint}")
         config = resolve_config(args, None)
         config.agents = [args.agent]
         if args.command == "train":
             return _train(config, args)
         return _run_benchmark(config, args, checkpoints={args.agent: args.checkpoint})
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, ResultsFolderBusy) as exc:  # bad input, unreadable files, a busy folder
         print(f"rledit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

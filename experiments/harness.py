@@ -3,7 +3,9 @@
 Each (agent, schedule, seed) run trains the agent if it needs training (on the training split, never
 on the evaluation edits), runs one lifelong episode on the evaluation split, and adds one row per
 evaluation point (every ``metrics_every`` steps and the end) to a tidy table. Rows are appended to
-``results.csv`` as each run finishes, so an interrupted benchmark resumes where it stopped.
+``results.csv`` as each run finishes, so an interrupted benchmark resumes where it stopped. Every file
+is replaced atomically (``rledit_env.atomic``): a kill at any moment leaves the old file or the new one,
+never a torn one. One process at a time may run in a results folder (``experiments.lock``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import dataclasses
 import json
 import time
 import traceback
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from agents.base import Callback
+from experiments.lock import results_lock
 from experiments.registry import AgentSpec, agent_settings, agent_spec, build_agent, train_or_load
 from experiments.report import training_log_name
 from experiments.tracking import Tracking, run_group
+from rledit_env.atomic import atomic_path
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.general_probe import GeneralProbeConfig, probe_general
@@ -102,6 +108,10 @@ class BenchmarkConfig:
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}")
         data.pop("description", None)
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            if not _has_type(value, hints[name]):
+                raise ValueError(f"{path}: setting {name!r} must be {_type_name(hints[name])}, got {value!r}")
         return cls(**data)
 
     def validate(self) -> None:
@@ -124,7 +134,14 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A configuration file's settings, with the configuration it ``extends`` merged underneath."""
     if path.resolve() in seen:
         raise ValueError(f"{path}: configurations extend each other in a cycle")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, got a {type(data).__name__}")
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -141,6 +158,26 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
             _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
         )
     return merged
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type hint of BenchmarkConfig (str, int, list[...], dict[str, ...], |)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(v, args[1]) for v in value.values())
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def parse_schedule(text: str) -> tuple[int, int]:
@@ -259,8 +296,7 @@ class Benchmark:
 
     def record(self, rows: list[dict[str, Any]]) -> None:
         """Append one cell's rows to results.csv (only the driver writes it: resume reads it back)."""
-        frame = pd.DataFrame(rows)
-        frame.to_csv(self.results_path, mode="a", header=not self.results_path.exists(), index=False)
+        append_results(self.results_path, rows)
         if self.verbose:
             last = rows[-1]
             scores = " ".join(f"{m} {last.get(m, float('nan')):.3f}" for m in ("eff", "gen", "spe"))
@@ -272,8 +308,12 @@ class Benchmark:
     def run(self, executor: CellExecutor | None = None) -> pd.DataFrame:
         """Run the pending cells, here one after another or through ``executor`` (e.g. the Ray backend),
         appending each cell's rows as it finishes. Cells that fail are reported with their tracebacks
-        while the others go on; ``CellsFailed`` is raised at the end if any did."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        while the others go on; ``CellsFailed`` is raised at the end if any did. Refuses a results
+        folder that another live process is running in (``experiments.lock``)."""
+        with results_lock(self.out_dir):
+            return self._run(executor)
+
+    def _run(self, executor: CellExecutor | None) -> pd.DataFrame:
         todo = self.pending()
         outcomes = executor(self, todo) if executor is not None else self._run_here(todo)
         failures: list[CellOutcome] = []
@@ -394,13 +434,24 @@ class Benchmark:
         )
         log = getattr(agent, "training_log", None)
         if log and not trained:
-            pd.DataFrame(log).to_csv(self.out_dir / training_log_name(name, schedule, seed), index=False)
+            with atomic_path(self.out_dir / training_log_name(name, schedule, seed)) as tmp:
+                pd.DataFrame(log).to_csv(tmp, index=False)
         return agent, train_time
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def append_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Add ``rows`` to the results table at ``path``: read it, append, write a temporary file, rename
+    (a plain append killed midway would leave a torn last line that breaks every later read)."""
+    frame = pd.DataFrame(rows)
+    done = load_results(path)
+    table = frame if done.empty else pd.concat([done, frame], ignore_index=True)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def peak_memory_mib() -> float:

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from rledit_env.atomic import write_text_atomic
 from rledit_env.general_probe import COLUMNS as PROBE_COLUMNS
 
 METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
@@ -66,7 +67,7 @@ def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
         + table.to_markdown(index=False)
         + "\n"
     )
-    path.write_text(text)
+    write_text_atomic(path, text)
     return text
 
 
@@ -214,4 +215,4 @@ def run_metadata(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_metadata(config: dict[str, Any], out_dir: Path) -> None:
-    (out_dir / "run.json").write_text(json.dumps(run_metadata(config), indent=2, default=str))
+    write_text_atomic(out_dir / "run.json", json.dumps(run_metadata(config), indent=2, default=str))

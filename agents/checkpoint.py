@@ -87,13 +87,21 @@ def convert_checkpoint(old: str | os.PathLike, new: str | os.PathLike) -> dict[s
         payload = torch.load(old, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for disallowed objects, others for damaged files
         raise CheckpointError(
-            f"{old}: not convertible: it is not a torch.save file of tensors and plain data ({exc})"
+            f"{old}: not convertible: it is not a torch.save file of tensors and plain data "
+            f"({_first_reason(str(exc))})"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != 1 or "agent" not in payload:
         raise CheckpointError(f"{old}: not an old-format (format 1) rledit-env agent checkpoint")
     payload = {k: v for k, v in payload.items() if k != "format"}
     write_checkpoint(new, payload)
     return payload
+
+
+def _first_reason(message: str) -> str:
+    """torch.load's several-paragraph error as one sentence: the unpickler's reason when it gives one."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()] or ["unknown error"]
+    line = next((x for x in lines if x.startswith("WeightsUnpickler error:")), lines[0])
+    return line.removeprefix("WeightsUnpickler error: ").split(". ")[0]
 
 
 def _pack(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:

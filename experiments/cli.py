@@ -275,6 +275,10 @@ def _convert(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # its weight-loading bar too
     try:
         if args.command == "list":
             return _list()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 import torch
 
+from agents.base import env_signature
 from rledit_env import data_files
 from rledit_env.envs import LifelongEditEnv
 from rledit_env.models import LoadedModel, load_model
@@ -55,3 +57,25 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"parameter {k} changed"
+
+
+class Malicious:
+    """Unpickling it calls open(marker, "w"): the file appearing shows that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def old_format_checkpoint(path: Path, agent, state) -> None:
+    """A checkpoint as EditAgent.save wrote it before format 2: one torch.save pickle."""
+    payload = {
+        "format": 1,
+        "agent": type(agent).__name__,
+        "config": dataclasses.asdict(agent.config),
+        "env": env_signature(agent.env),
+        "state": state,
+    }
+    torch.save(payload, path)

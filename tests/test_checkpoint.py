@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_env
+from helpers import Malicious, old_format_checkpoint, tiny_env
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from agents import MALMEN, CheckpointError, MALMENConfig
@@ -20,28 +20,6 @@ from agents.base import env_signature
 from agents.checkpoint import convert_checkpoint, read_checkpoint, write_checkpoint
 
 SMALL = MALMENConfig(rank=32, num_blocks=2)
-
-
-class Malicious:
-    """Unpickling it calls open(marker, "w"): the file appearing shows that code ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def _old_format(path: Path, agent, state) -> None:
-    """A checkpoint as EditAgent.save wrote it before format 2: one torch.save pickle."""
-    payload = {
-        "format": 1,
-        "agent": type(agent).__name__,
-        "config": dataclasses.asdict(agent.config),
-        "env": env_signature(agent.env),
-        "state": state,
-    }
-    torch.save(payload, path)
 
 
 def test_the_malicious_payload_is_live():
@@ -56,7 +34,7 @@ def test_a_malicious_pickle_checkpoint_is_refused_and_runs_nothing(tmp_path):
     agent = MALMEN(env, SMALL)
     marker = tmp_path / "ran"
     zipped = tmp_path / "evil.pt"
-    _old_format(zipped, agent, {"net": Malicious(marker)})  # torch.save's zip container
+    old_format_checkpoint(zipped, agent, {"net": Malicious(marker)})  # torch.save's zip container
     raw = tmp_path / "evil.pkl"
     raw.write_bytes(pickle.dumps({"format": 1, "state": Malicious(marker)}, protocol=2))  # a bare pickle
     for path in (zipped, raw):
@@ -72,7 +50,7 @@ def test_an_old_checkpoint_converts_and_then_acts_identically(tmp_path):
     env = tiny_env(action_type="values", obs_backend="torch")
     agent = MALMEN(env, SMALL).learn(1, progress_bar=False)
     old, new = tmp_path / "old.pt", tmp_path / "new.safetensors"
-    _old_format(old, agent, agent.state_dict())
+    old_format_checkpoint(old, agent, agent.state_dict())
     with pytest.raises(CheckpointError, match="old pickle-format"):
         MALMEN.load(old, env)
     convert_checkpoint(old, new)

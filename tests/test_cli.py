@@ -6,7 +6,10 @@ import json
 
 import pandas as pd
 import pytest
+import torch
+from helpers import Malicious, old_format_checkpoint, tiny_env
 
+from agents import NoEdit
 from experiments import cli
 from experiments.cli import CONFIG_DIR, main
 
@@ -79,7 +82,7 @@ def test_train_builds_the_registered_agent_with_its_defaults(tmp_path):
     from agents.sb3 import SB3Agent
     from rledit_env.envs import LifelongEditEnv
 
-    ckpt = tmp_path / "sac.pt"
+    ckpt = tmp_path / "sac.safetensors"
     args = ["--model", "tinyworld-tiny", "--schedule", "2x3", "--train-episodes", "2", "-q"]
     assert main(["train", "--agent", "sac", "--checkpoint", str(ckpt), *args, "--out", str(tmp_path)]) == 0
     env = LifelongEditEnv("tinyworld-tiny", num_batches=2, batch_size=3)
@@ -87,29 +90,74 @@ def test_train_builds_the_registered_agent_with_its_defaults(tmp_path):
     assert type(agent.model).__name__ == "SAC" and agent.config.algorithm == "SAC"
 
 
-def test_clear_errors_for_unknown_names(tmp_path, capsys):
-    assert main(["benchmark", *TINY, "--agents", "nosuchagent", "--out", str(tmp_path)]) == 2
-    assert "unknown agent 'nosuchagent'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown model 'nosuchmodel'"):
-        main(["benchmark", "--model", "nosuchmodel", "--agents", "noedit", "--out", str(tmp_path)])
-    assert (
-        main(
-            [
-                "benchmark",
-                *TINY,
-                "--agents",
-                "noedit",
-                "--dataset",
-                "no/such/file.json",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
-    assert (
-        main(["benchmark", "--model", "tinyworld-tiny", "--schedule", "20by10", "--out", str(tmp_path)]) == 2
-    )
+def _one_line_error(capsys, argv) -> str:
+    """Run the command line on bad input: exit code 2 and one line on stderr, never a traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit
+        code = exc.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+def test_bad_command_line_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out")]
+    bench = ["benchmark", *TINY, "--agents", "noedit", *out]
+    unknown_keys = tmp_path / "unknown.json"
+    unknown_keys.write_text(json.dumps({"agents": ["noedit"], "shedules": ["2x3"]}))
+    wrong_type = tmp_path / "wrong-type.json"
+    wrong_type.write_text(json.dumps({"agents": "noedit"}))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"agents": ["noedit"]')
+    cases = {
+        "unknown model 'nosuchmodel'": ["benchmark", "--model", "nosuchmodel", "--agents", "noedit", *out],
+        "unknown agent 'nosuchagent'": ["benchmark", *TINY, "--agents", "nosuchagent", *out],
+        "dataset 'nosuchdataset' is neither a file": [*bench, "--dataset", "nosuchdataset"],
+        "no/such/file.json": [*bench, "--dataset", "no/such/file.json"],
+        "schedule '20x' is not of the form TxN": [
+            "benchmark",
+            "--schedule",
+            "20x",
+            "--agents",
+            "noedit",
+            *out,
+        ],
+        "schedule '0x10': T and n must be positive": ["benchmark", "--schedule", "0x10", *out],
+        "schedule '20by10'": ["benchmark", "--schedule", "20by10", *out],
+        "no checkpoint file": ["evaluate", *TINY, "--agent", "rledit", "--checkpoint", "missing.safetensors"],
+        "unknown settings ['shedules']": ["benchmark", "--config", str(unknown_keys), *out],
+        "setting 'agents' must be list[str], got 'noedit'": ["benchmark", "--config", str(wrong_type), *out],
+        "broken.json: invalid JSON at line 1": ["benchmark", "--config", str(broken), *out],
+        "no configuration 'nosuchconfig'": ["benchmark", "--config", "nosuchconfig", *out],
+        "agent 'noedit' needs no training": ["train", *TINY, "--agent", "noedit", "--checkpoint", "x", *out],
+        "seeds must be integers": ["benchmark", "--seeds", "0,one", *out],
+        "invalid choice: 'float8'": ["benchmark", "--dtype", "float8", *out],
+        "the following arguments are required: --agent": ["train", "--checkpoint", "x"],
+    }
+    for expected, argv in cases.items():
+        line = _one_line_error(capsys, argv)
+        assert expected in line, (argv, line)
+        assert line.startswith("rledit"), line
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_convert_checkpoint_refuses_a_malicious_file_and_converts_an_old_one(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 1, "agent": "NoEdit", "state": Malicious(marker)}, evil)
+    line = _one_line_error(capsys, ["convert-checkpoint", str(evil), str(tmp_path / "new.safetensors")])
+    assert "not convertible" in line and not marker.exists()
+    line = _one_line_error(capsys, ["evaluate", *TINY, "--agent", "malmen", "--checkpoint", str(evil)])
+    assert "old pickle-format checkpoint" in line and "rledit convert-checkpoint" in line
+    assert not marker.exists()
+    env = tiny_env(action_type=NoEdit.action_type)
+    old, new = tmp_path / "noedit.pt", tmp_path / "noedit.safetensors"
+    old_format_checkpoint(old, NoEdit(env), {})
+    assert main(["convert-checkpoint", str(old), str(new)]) == 0
+    assert f"converted {old} (NoEdit) to {new}" in capsys.readouterr().out
+    assert isinstance(NoEdit.load(new, env), NoEdit)
 
 
 def test_list_shows_agents_models_and_configurations(capsys):

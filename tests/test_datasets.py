@@ -412,7 +412,29 @@ def test_every_real_record_tokenises(real_pairs, style):
 
 def test_a_file_with_no_usable_record_is_an_error_naming_what_was_dropped(tmp_path):
     path = _write(tmp_path, [_zsre_record(src=""), _zsre_record(alt=" ")])
-    with pytest.raises(DatasetFormatError, match=r"bad\.json: yields no usable record; skipped 2 record") as err:
+    with pytest.raises(
+        DatasetFormatError, match=r"bad\.json: yields no usable record; skipped 2 record"
+    ) as err:
         load_dataset(path)
-    assert "record 0 ('src')" in str(err.value) and "record 1 ('alt')" in str(err.value)
+    assert "'src' empty in record 0; 'alt' empty in record 1" in str(err.value)
     assert load_dataset(path, limit=0) == []  # asking for no records is not an error
+    many = _write(tmp_path, [_zsre_record(alt="") for _ in range(25)])
+    with pytest.raises(
+        DatasetFormatError, match=r"skipped 25 .*'alt' empty in records 0, 1, .*9 and 15 more"
+    ):
+        load_dataset(many)
+
+
+@pytest.mark.parametrize(
+    "family, record",
+    [
+        ("counterfact", {"prompt": "", "subject": "X", "target_new": "a", "ground_truth": "b"}),
+        ("zsre", {"subject": "X", "src": "", "alt": "a", "answers": ["b"], "loc": "l", "loc_ans": "m"}),
+        ("fever", {"prompt": "", "ans": "SUPPORTS", "alt": "REFUTES", "unrel_prompt": "u", "unrel_ans": "v"}),
+    ],
+)
+def test_a_file_whose_only_record_has_an_empty_prompt_is_an_error(tmp_path, family, record):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DatasetFormatError, match=r"one\.jsonl: yields no usable record; skipped 1 record"):
+        load_dataset(path, family=family)

@@ -1,0 +1,99 @@
+"""Results survive a kill at any moment, and one results folder takes one benchmark process at a time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
+
+from experiments.cli import main
+from experiments.harness import Benchmark, BenchmarkConfig
+from experiments.lock import LOCK_NAME, ResultsFolderBusy, results_lock
+from rledit_env.atomic import atomic_path, write_text_atomic
+
+METRICS = ["agent", "seed", "step", "eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
+
+
+class Killed(BaseException):
+    """Stands for the process dying: not an Exception, so nothing on the way catches it."""
+
+
+def test_a_write_killed_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "summary.md"
+    write_text_atomic(path, "old\n")
+    with pytest.raises(Killed), atomic_path(path) as tmp:
+        tmp.write_text("new, but half of it")
+        raise Killed
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_a_benchmark_killed_while_writing_results_resumes_to_the_uninterrupted_table(tmp_path, monkeypatch):
+    config = BenchmarkConfig(model="tinyworld-tiny", schedules=["2x3"], agents=["noedit"], seeds=[0, 1, 2])
+    uninterrupted = Benchmark(config, tmp_path / "whole", progress=False).run()
+
+    real_to_csv, calls = pd.DataFrame.to_csv, []
+
+    def dies_on_the_second_write(frame, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second run's rows: half the file is written, then the process dies
+            text = frame.to_string()
+            Path(path).write_text(text[: len(text) // 2])
+            raise Killed
+        return real_to_csv(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", dies_on_the_second_write)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        Benchmark(config, out, progress=False).run()
+    monkeypatch.undo()
+    survived = pd.read_csv(out / "results.csv")  # the first run's rows, whole
+    assert set(survived["seed"]) == {0}
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "results.csv"]  # no torn or temporary file
+
+    resumed = Benchmark(config, out, progress=False).run()
+    pd.testing.assert_frame_equal(resumed[METRICS], uninterrupted[METRICS])
+
+
+def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
+    code = (
+        "import sys, time\n"
+        "from experiments.lock import results_lock\n"
+        f"with results_lock({str(folder)!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_process_on_the_same_results_folder_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    out = tmp_path / "results"
+    holder = _hold_lock_in_another_process(out)
+    try:
+        argv = ["benchmark", "--model", "tinyworld-tiny", "--schedule", "2x3", "--agents", "noedit", "-q"]
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another benchmark process (pid {holder.pid})" in err
+        assert len(err.splitlines()) == 1
+        with pytest.raises(ResultsFolderBusy):
+            Benchmark(BenchmarkConfig(model="tinyworld-tiny", agents=["noedit"]), out).run()
+        assert not (out / "results.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed with SIGKILL: its pid is still in the lock file, but the process is gone, so the lock is stale
+    assert (out / LOCK_NAME).read_text().strip() == str(holder.pid)
+    with results_lock(out):
+        assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
+        with results_lock(out):  # re-entrant in the process that holds it
+            pass
+    assert main([*argv, "--out", str(out)]) == 0
+    assert (out / "results.csv").exists()

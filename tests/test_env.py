@@ -193,6 +193,10 @@ def _bad_shift_actions(env, obs):
         "inf": inf,
         "over the norm bound": {**good, first: good[first] * 0 + 1e3},
         "not a dict": [good[first]],
+        "None": None,
+        "None for a module": {**good, first: None},
+        "complex": {**good, first: good[first].astype(np.complex64)},
+        "float64 beyond float32": {**good, first: good[first].astype(np.float64) * 0 + 1e300},
     }
 
 
@@ -208,6 +212,10 @@ def _bad_shift_actions(env, obs):
         "inf",
         "over the norm bound",
         "not a dict",
+        "None",
+        "None for a module",
+        "complex",
+        "float64 beyond float32",
     ],
 )
 def test_bad_shift_action_is_refused_with_weights_unchanged(kind):
@@ -232,6 +240,11 @@ def test_bad_values_action_is_refused_with_weights_unchanged():
         {"values": {**values, first: values[first][:-1]}},
         {"values": values, "log_lambda": {m: np.array([np.nan], dtype=np.float32) for m in values}},
         {"values": values, "log_lambda": {first: np.zeros(1, dtype=np.float32)}},
+        {"values": values, "log_lambda": {m: np.array([np.inf], dtype=np.float32) for m in values}},
+        {"values": None},
+        {"values": {**values, first: values[first].tolist()}},
+        {"values": {**values, first: values[first].astype(np.complex64)}},
+        None,
     ]
     for action in bad:
         with pytest.raises(InvalidActionError):

@@ -80,7 +80,7 @@ def test_zsre_mapping_and_empty_answers_skipped():
     raw = json.loads(ZSRE.read_text())
     assert len(raw) == 1000
     with pytest.warns(
-        UserWarning, match=r"skipped 2 record\(s\).*record 534 \('alt'\), record 723 \('alt'\)"
+        UserWarning, match=r"skipped 2 record\(s\) with empty required text: 'alt' empty in records 534, 723"
     ):
         records = load_zsre(ZSRE)
     # Records 534 and 723 have alt == "": an edit with no answer cannot be made.

@@ -56,18 +56,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from exc
-    if data.startswith(_PICKLE_STARTS):
-        target = Path(path).with_suffix(".safetensors")
-        raise CheckpointError(
-            f"{path}: an old pickle-format checkpoint; loading it could run code, so it is refused. "
-            f"Convert it once (it is read with torch's weights-only unpickler): "
-            f"rledit convert-checkpoint {path} {target}"
-        )
     try:
         tensors = safetensors.torch.load(data)
         header_len = int.from_bytes(data[:8], "little")
         document = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"][_METADATA_KEY])
     except Exception as exc:  # safetensors' own error type, JSON errors, missing keys in a foreign file
+        # the pickle signatures are checked only now: a safetensors file starts with its header's length,
+        # whose low byte can be 0x80 as well
+        if data.startswith(_PICKLE_STARTS):
+            target = Path(path).with_suffix(".safetensors")
+            raise CheckpointError(
+                f"{path}: an old pickle-format checkpoint; loading it could run code, so it is refused. "
+                f"Convert it once (it is read with torch's weights-only unpickler): "
+                f"rledit convert-checkpoint {path} {target}"
+            ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an rledit-env agent checkpoint of format {CHECKPOINT_FORMAT}")

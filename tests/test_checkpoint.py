@@ -79,6 +79,18 @@ def test_state_round_trips_with_its_types(tmp_path):
     assert json.loads(header["__metadata__"]["rledit_env"])["format"] == 2
 
 
+def test_a_checkpoint_whose_first_byte_looks_like_a_pickle_still_loads(tmp_path):
+    # A safetensors file starts with its header's length (little-endian): its first byte is 0x80, a
+    # pickle's first byte, for one header length in 256. Such a file is a checkpoint all the same.
+    path = tmp_path / "x.safetensors"
+    for pad in range(256):
+        write_checkpoint(path, {"agent": "X", "state": {"pad": "x" * pad, "t": torch.ones(2)}})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(read_checkpoint(path)["state"]["t"], torch.ones(2))
+
+
 def test_sb3_zip_pickles_are_not_unpickled(tmp_path):
     from stable_baselines3 import PPO
 

@@ -421,9 +421,8 @@ class Benchmark:
             return type(agent).load(self.checkpoints[name], env), 0.0
         ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.safetensors"
         if not ckpt.exists() and ckpt.with_suffix(".pt").exists():
-            ckpt = ckpt.with_suffix(
-                ".pt"
-            )  # a results folder from before safetensors: load says how to convert
+            # a results folder from before safetensors: load refuses it and says how to convert
+            ckpt = ckpt.with_suffix(".pt")
         trained = ckpt.exists()
         agent, train_time = train_or_load(
             agent,

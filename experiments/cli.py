@@ -290,8 +290,18 @@ def main(argv: list[str] | None = None) -> int:
             return _run_benchmark(resolve_config(args, "demo-tinyworld.json"), args)
         if args.command == "benchmark":
             return _run_benchmark(resolve_config(args, None), args)
-        if args.command == "evaluate" and not Path(args.checkpoint).is_file():
-            raise UsageError(f"no checkpoint file {args.checkpoint}")
+        if args.command == "evaluate":  # a bad checkpoint is bad input, found before any model loads
+            from agents.checkpoint import read_checkpoint
+            from experiments.registry import agent_spec
+
+            if not Path(args.checkpoint).is_file():
+                raise UsageError(f"no checkpoint file {args.checkpoint}")
+            saved = read_checkpoint(args.checkpoint)["agent"]
+            expected = agent_spec(args.agent).load().__name__
+            if saved != expected:
+                raise UsageError(
+                    f"{args.checkpoint} is a {saved} checkpoint, not {expected} (--agent {args.agent})"
+                )
         config = resolve_config(args, None)
         config.agents = [args.agent]
         if args.command == "train":

@@ -158,6 +158,8 @@ def test_convert_checkpoint_refuses_a_malicious_file_and_converts_an_old_one(tmp
     assert main(["convert-checkpoint", str(old), str(new)]) == 0
     assert f"converted {old} (NoEdit) to {new}" in capsys.readouterr().out
     assert isinstance(NoEdit.load(new, env), NoEdit)
+    line = _one_line_error(capsys, ["evaluate", *TINY, "--agent", "malmen", "--checkpoint", str(new)])
+    assert "is a NoEdit checkpoint, not MALMEN (--agent malmen)" in line
 
 
 def test_list_shows_agents_models_and_configurations(capsys):

@@ -260,7 +260,7 @@ for name, agent in editors.items():
     agent.learn(budgets[name], progress_bar=False)
     trained = time.perf_counter() - start
     if name == "rledit":  # for section 5; saved before editing, which updates the network's normaliser
-        agent.save(OUT / "rledit.pt")
+        agent.save(OUT / "rledit.safetensors")
     results[name] = run_episode(env, agent, seed=SEED)
     unit = "sequences" if name == "rledit" else "steps"
     print(f"{name:9s} trained {budgets[name]:3d} {unit} in {trained:5.1f} s")
@@ -362,7 +362,9 @@ config = BenchmarkConfig(
     agents=["rledit", "cem_agent:CEMStepSizes", "noedit"],
     train_episodes={"cem_agent:CEMStepSizes": CEM_EPISODES},
 )
-bench = Benchmark(config, OUT / "benchmark", progress=False, checkpoints={"rledit": OUT / "rledit.pt"})
+bench = Benchmark(
+    config, OUT / "benchmark", progress=False, checkpoints={"rledit": OUT / "rledit.safetensors"}
+)
 table = bench.run()
 print(summary_table(table)[["agent", "eff", "gen", "spe", "ppl", "ms_per_edit"]].to_string(index=False))
 show(plot_results(table, OUT / "benchmark")[0])

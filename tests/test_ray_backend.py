@@ -48,7 +48,7 @@ def test_ray_cells_give_the_local_rows_and_resume(tmp_path, local_ray, monkeypat
     pd.testing.assert_frame_equal(_comparable(on_ray), _comparable(local))
     assert list(on_ray["agent"].unique()) == config.agents  # in the configuration's order, as finished or not
     for seed in (0, 1):  # trained in the workers, into the shared results folder
-        assert (tmp_path / "ray" / "checkpoints" / f"rledit-2x3-seed{seed}.pt").exists()
+        assert (tmp_path / "ray" / "checkpoints" / f"rledit-2x3-seed{seed}.safetensors").exists()
     assert Benchmark(config, tmp_path / "ray", progress=False).pending() == []  # nothing left to run
     # the results gone but the checkpoints kept: the workers load RLEdit instead of training it again
     (tmp_path / "ray" / "results.csv").unlink()

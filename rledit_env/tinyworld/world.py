@@ -291,6 +291,8 @@ class TinyWorld:
         facts: every true fact, (subject, relation, object), ordered by subject then relation.
         truth: (subject, relation) -> object.
         split_subjects: "train" / "eval" / "neighbour" -> the subjects of each group (disjoint).
+        neighbour_pools: "train" / "eval" -> the neighbour subjects of that split's locality prompts (one
+            shared list, or disjoint halves with ``split_neighbours``).
     """
 
     def __init__(self, config: TinyWorldConfig | None = None) -> None:

@@ -219,7 +219,7 @@ class TinyWorldConfig:
         return cls(
             num_entities=1200, num_templates=3, num_paraphrases=2, eval_subject_fraction=0.68,
             neighbour_subject_fraction=0.13, split_neighbours=True, vocab_size=4096, hidden_size=256,
-            num_layers=8, num_heads=4, intermediate_size=1024, learning_rate=3e-3, batch_size=128,
+            num_layers=8, num_heads=4, intermediate_size=1024, learning_rate=1e-3, batch_size=128,
             warmup_steps=100, schedule_steps=2500, max_steps=6000, eval_every=100, target_accuracy=0.99,
             replay_fraction=0.25,
         )  # fmt: skip

@@ -110,8 +110,9 @@ class LocateThenEdit(EditAgent):
 
     The key statistics are computed (or loaded from the cache) here, at the model's current weights:
     build the agent before editing. ``stats_time_s`` is that one-off cost, apart from editing time;
-    ``stats_num_texts`` and ``stats_source`` say which corpus they were computed over. Subclasses implement ``_prepare`` (per-module quantities from the statistics), ``_solve`` (one
-    layer's update) and, when they keep state along an episode, ``_start_episode``/``_after_batch``.
+    ``stats_num_texts`` and ``stats_source`` say which corpus they were computed over. Subclasses
+    implement ``_prepare`` (per-module quantities from the statistics), ``_solve`` (one layer's update)
+    and, when they keep state along an episode, ``_start_episode``/``_after_batch``.
     """
 
     action_type = "shift"

@@ -2,9 +2,10 @@
 
 Locate-then-edit editors (MEMIT, AlphaEdit) need C = E[k k^T], the uncentred covariance of what a
 layer reads (its input "key" k) over text the model knows, to keep an update from disturbing the
-layer's outputs on that text. The expectation runs over every token of a corpus: TinyWorld's own
-sentences for TinyWorld models, the English prose shipped with the package for pretrained ones
-(``LifelongEditEnv.general_texts`` holds whichever the model comes with).
+layer's outputs on that text. The expectation runs over every token of a corpus that shares no text
+with the perplexity probe or the evaluation prompts (``LifelongEditEnv.stats_texts``): TinyWorld's
+"stats" split (sentences about subjects no evaluation record mentions), else the train split's
+prompts.
 
 Cache: ``$RLEDIT_CACHE/stats`` (default ``~/.cache/rledit_env/stats``), one file per module under a
 folder named by the model's name and a fingerprint of its weights, the file named by the module and a
@@ -101,7 +102,7 @@ def key_second_moments(
     """
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise ValueError("key statistics need a non-empty text corpus (the environment's general_texts)")
+        raise ValueError("key statistics need a non-empty text corpus (the environment's stats_texts)")
     if batch_size < 1 or max_length < 2:
         raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
     folder = stats_cache_dir(cache_dir) / _model_folder(editable)

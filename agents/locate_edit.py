@@ -103,14 +103,16 @@ class LocateThenEdit(EditAgent):
         env: a LifelongEditEnv made with ``action_type="shift"`` and
             ``edit_modules=locate_edit_modules(config)`` (MLP output projections).
         config: the editor's config (a ``LocateEditConfig``).
-        stats_texts: the corpus for the key statistics; default the environment's ``general_texts``.
+        stats_texts: the corpus for the key statistics; default the environment's ``stats_texts``
+            (disjoint from its perplexity probe and its evaluation prompts).
         cache_dir: where statistics are cached (default ``agents.key_stats.stats_cache_dir()``).
         progress: show a progress bar while computing statistics.
 
     The key statistics are computed (or loaded from the cache) here, at the model's current weights:
-    build the agent before editing. ``stats_time_s`` is that one-off cost, apart from editing time.
-    Subclasses implement ``_prepare`` (per-module quantities from the statistics), ``_solve`` (one
-    layer's update) and, when they keep state along an episode, ``_start_episode``/``_after_batch``.
+    build the agent before editing. ``stats_time_s`` is that one-off cost, apart from editing time;
+    ``stats_num_texts`` and ``stats_source`` say which corpus they were computed over. Subclasses
+    implement ``_prepare`` (per-module quantities from the statistics), ``_solve`` (one layer's update)
+    and, when they keep state along an episode, ``_start_episode``/``_after_batch``.
     """
 
     action_type = "shift"
@@ -133,11 +135,18 @@ class LocateThenEdit(EditAgent):
         self.critical_module = self.module_names[-1]
         # the decoder layer whose output (the residual stream) the target vectors are for
         self.critical_layer = architecture(model_config).layer_path.format(i=max(layers))
-        texts = list(stats_texts if stats_texts is not None else self.core.general_texts)
+        texts = list(stats_texts if stats_texts is not None else self.core.stats_texts)
+        self.stats_source = "given" if stats_texts is not None else self.core.stats_source
+        if not texts:
+            raise ValueError(
+                "no corpus for the key statistics: the environment has no stats_texts (no statistics split "
+                "and no train split); pass stats_texts= to the environment or to the agent"
+            )
         self._prefixes = self._draw_prefixes(texts)
         limit = self.config.stats_max_texts
         if limit is not None and len(texts) > limit:  # an evenly spaced subset keeps the corpus's spread
             texts = [texts[i * len(texts) // limit] for i in range(limit)]
+        self.stats_num_texts = len(texts)
         start = time.perf_counter()
         self.stats: dict[str, KeyStats] = key_second_moments(
             editable,

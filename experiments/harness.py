@@ -269,7 +269,7 @@ class Benchmark:
             **spec.env_kwargs,
         }
         return LifelongEditEnv(
-            LoadedModel(editable, loaded.splits, loaded.probe_texts),
+            LoadedModel(editable, loaded.splits, loaded.probe_texts, loaded.stats_texts),
             num_batches=num_batches,
             batch_size=batch_size,
             **settings,
@@ -379,6 +379,9 @@ class Benchmark:
                 "train_time_s": train_time,
                 "stats_time_s": stats_time,
                 "stats_cached": getattr(agent, "stats_from_cache", None),
+                "spe_reference": env.spe_reference,
+                "stats_corpus": getattr(agent, "stats_source", None),
+                "stats_texts": getattr(agent, "stats_num_texts", None),
                 "peak_memory_mib": peak_memory_mib(),
             }
             curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]

@@ -17,7 +17,7 @@ import torch
 from rledit_env.atomic import write_text_atomic
 from rledit_env.general_probe import COLUMNS as PROBE_COLUMNS
 
-METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
+METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "spe_agree", "ppl"]
 PROBE_NOTE = (
     " glue_*/mmlu: few-shot label-word accuracy of the general-ability probe after the sequence "
     "(rledit_env.general_probe); results.csv also holds the unedited model's as *_before."
@@ -54,10 +54,33 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f}" if n < 2 or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+def protocol_line(results: pd.DataFrame) -> str:
+    """The evaluation protocol of ``results`` in one line: when and how metrics are computed, what Spe
+    compares with, and the closed-form editors' statistics corpus and its size (from the rows)."""
+
+    def recorded(column: str) -> list:
+        return list(results[column].dropna().unique()) if column in results.columns else []
+
+    spe = "; ".join(map(str, recorded("spe_reference"))) or "not recorded"
+    corpora = results.dropna(subset=["stats_corpus"]) if "stats_corpus" in results.columns else results[:0]
+    stats = "; ".join(
+        f"{corpus} ({int(count)} texts)"
+        for corpus, count in corpora.groupby("stats_corpus", sort=False)["stats_texts"].max().items()
+    )
+    return (
+        "Protocol: final evaluation over all edits of the sequence after its last batch (curves: over the "
+        "edits so far); teacher-forced (gold answer tokens, no generation); Spe reference: "
+        f"{spe} (spe_agree: agreement with the unedited model); MEMIT/AlphaEdit key statistics: "
+        f"{stats or 'none in this run'}."
+    )
+
+
 def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
     table = summary_table(results)
     text = (
         f"# {title}\n\n"
+        + protocol_line(results)
+        + "\n\n"
         "Final metrics over all edits of the sequence (mean ± std over seeds). eff/gen/spe are the "
         "headline suite of the dataset family (CounterFact: P(new) > P(true); ZsRE/FEVER: token "
         "accuracy); *_acc the token-accuracy suite. ms_per_edit is editing time (the agent's act, the "

@@ -3,8 +3,10 @@
 Two suites (docs/design.md, "Metrics"), both always computed when the records allow:
 
 - token accuracy (ZsRE, FEVER; also reported for CounterFact): ``eff_acc`` and ``gen_acc`` are the
-  teacher-forced share of new-answer tokens that are the model's argmax; ``spe_acc`` is the share of
-  locality-answer tokens whose argmax is the same as the *unedited* model's.
+  teacher-forced share of new-answer tokens that are the model's argmax; ``spe_acc`` the share of
+  ground-truth locality-answer tokens (ZsRE's ``loc_ans``) that are the argmax, as the RLEdit and
+  AlphaEdit papers score it (so an unedited model's Spe is its accuracy on those prompts, not 1);
+  ``spe_agree`` the share of locality tokens whose argmax is the same as the *unedited* model's.
 - probability comparison (CounterFact, needs ``target_true``): ``eff_prob``/``gen_prob`` are the share
   of prompts where the new answer is likelier than the true one (mean token NLL, as ROME scores);
   ``spe_prob`` the share of neighbourhood prompts where the neighbour's answer is likelier than the
@@ -24,6 +26,19 @@ from rledit_env.editable import EditableModel
 from rledit_env.episode import PromptSet, prompt_set
 from rledit_env.records import EditRecord
 from rledit_env.tokenization import EncodedBatch
+
+# What each headline suite's ``spe`` compares a locality prompt's answer with (for results files).
+SPE_REFERENCE = {
+    "prob": "the neighbour's true answer likelier than the new one",
+    "acc": "token accuracy on the ground-truth locality answers",
+}
+
+
+def headline_suite(records: Sequence[EditRecord]) -> str:
+    """ "prob" for CounterFact-style records with true answers, else "acc" (token accuracy)."""
+    records = list(records)
+    has_true = bool(records) and all(r.target_true for r in records)
+    return "prob" if has_true and records[0].family == "counterfact" else "acc"
 
 
 def _rows(prompts: PromptSet, num_records: int) -> PromptSet:
@@ -106,9 +121,10 @@ class EpisodeEvaluator:
             out["gen_acc"] = _mean(_per_record(para_acc, para.edit_index, n))
         loc = _rows(self.loc, n)
         if len(loc):
-            loc_nll_true, _, target = self._score(self.loc, n)
+            loc_nll_true, loc_acc, target = self._score(self.loc, n)
+            out["spe_acc"] = _mean(_per_record(loc_acc, loc.edit_index, n))
             same = (target.logits.argmax(-1) == self.loc_reference[: target.labels.numel()]).float()
-            out["spe_acc"] = _mean(_per_record(target.per_row_mean(same), loc.edit_index, n))
+            out["spe_agree"] = _mean(_per_record(target.per_row_mean(same), loc.edit_index, n))
         if self.has_true:
             nll_true, _, _ = self._score(self.edit_true, n)
             edits = self.edit_new.edit_index[:n]
@@ -120,7 +136,7 @@ class EpisodeEvaluator:
             if len(loc):
                 loc_nll_new, _, _ = self._score(self.loc_new, n)
                 out["spe_prob"] = _mean(_per_record((loc_nll_true < loc_nll_new).float(), loc.edit_index, n))
-        suite = "prob" if self.has_true and self.records[0].family == "counterfact" else "acc"
+        suite = headline_suite(self.records)
         for name in ("eff", "gen", "spe"):
             if f"{name}_{suite}" in out:
                 out[name] = out[f"{name}_{suite}"]

@@ -15,11 +15,17 @@ from rledit_env.records import EditRecord
 
 @dataclass
 class LoadedModel:
-    """An editable model plus, for synthetic worlds, its own edit splits and general text."""
+    """An editable model plus, for synthetic worlds, its own edit splits and general text.
+
+    ``probe_texts`` is the perplexity probe; ``stats_texts`` a corpus for the closed-form editors' key
+    statistics that shares no text with the probe or with any evaluation prompt (empty when the model
+    has none: the environment then falls back to its train split's prompts).
+    """
 
     editable: EditableModel
     splits: dict[str, list[EditRecord]] = field(default_factory=dict)
     probe_texts: list[str] = field(default_factory=list)
+    stats_texts: list[str] = field(default_factory=list)
 
 
 ModelLoader = Callable[..., LoadedModel]
@@ -54,7 +60,7 @@ def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return value
 
 
-def _tinyworld_loader(config_name: str) -> ModelLoader:
+def _tinyworld_loader(config_name: str, preset: str | None = None) -> ModelLoader:
     def load(edit_modules=None, device=None, dtype=None, eval_batch_size=64, device_map=None) -> LoadedModel:
         from rledit_env.tinyworld import load_tinyworld
 
@@ -63,9 +69,10 @@ def _tinyworld_loader(config_name: str) -> ModelLoader:
         model, tokenizer, world = load_tinyworld(config_name, device=device or "cpu")
         if dtype is not None:
             model = model.to(dtype)
-        editable = EditableModel(model, tokenizer, edit_modules, eval_batch_size=eval_batch_size)
+        modules = edit_modules if edit_modules is not None else preset
+        editable = EditableModel(model, tokenizer, modules, eval_batch_size=eval_batch_size)
         splits = {s: world.edit_records(s) for s in ("train", "eval")}
-        return LoadedModel(editable, splits, world.general_texts())
+        return LoadedModel(editable, splits, world.general_texts("probe"), world.general_texts("stats"))
 
     return load
 
@@ -75,8 +82,10 @@ for _name, _config in {
     "tinyworld-gpt2": "default-gpt2",
     "tinyworld-tiny": "tiny",
     "tinyworld-tiny-gpt2": "tiny-gpt2",
+    "tinyworld-large": "large",
 }.items():
-    register_model(_name)(_tinyworld_loader(_config))
+    _preset = MODEL_PRESETS.get(_name)
+    register_model(_name)(_tinyworld_loader(_config, _preset.edit_modules if _preset else None))
 
 
 @register_model("smollm2")

@@ -66,11 +66,13 @@ def _band(first: int, last: int, projections: tuple[str, ...] = ("gate_proj", "u
 
 # Named edit-module configurations. Llama-3-8B's is the RLEdit paper's (MLP gate_proj and up_proj of
 # layers 22-30 of 32). Mistral-7B has the same depth and gets the same band; Gemma-2-9B (42 layers)
-# gets the same rule, the nine layers before the last: 32-40.
+# gets the same rule, the nine layers before the last: 32-40. TinyWorld-large (8 layers) gets a band of
+# three below the last layer, 4-6, as the paper's nine of 32 (docs/tinyworld-settings.md).
 PAPER_PRESETS: dict[str, list[str]] = {
     "llama3-8b": _band(22, 30),
     "mistral-7b": _band(22, 30),
     "gemma2-9b": _band(32, 40),
+    "tinyworld-large": _band(4, 6),
 }
 
 
@@ -92,6 +94,7 @@ class ModelPreset:
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
     "tinyworld": ModelPreset("tinyworld", "float32", "cpu", None),
+    "tinyworld-large": ModelPreset("tinyworld-large", "float32", "cpu", "tinyworld-large"),
     "smollm2": ModelPreset("smollm2", "float32", "cpu", None),
     "llama3-8b": ModelPreset("meta-llama/Meta-Llama-3-8B-Instruct", "bfloat16", "cuda", "llama3-8b"),
     "gemma2-9b": ModelPreset("google/gemma-2-9b-it", "bfloat16", "cuda", "gemma2-9b"),

@@ -44,13 +44,13 @@ def test_benchmark_writes_table_summary_plots_and_metadata(tmp_path):
     assert len(results) == 2 * 2  # two agents, two evaluation points each
     assert sorted(results["edits"].unique()) == [3, 6]
     final = results[results["final"]].set_index("agent")
-    assert final.loc["noedit", "spe_acc"] == 1.0  # no edit: locality untouched
+    assert final.loc["noedit", "spe_agree"] == 1.0  # no edit: locality untouched
     assert final.loc["finetune", "eff_acc"] > final.loc["noedit", "eff_acc"]
     assert results[["eff", "gen", "spe"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (tmp_path / "retention-2x3.png").stat().st_size > 10_000
     assert (tmp_path / "time-per-edit.png").exists()
     summary = (tmp_path / "summary.md").read_text()
-    assert "| finetune" in summary and "ms_per_edit" in summary
+    assert "| finetune" in summary and "ms_per_edit" in summary and "Protocol: final evaluation" in summary
     meta = json.loads((tmp_path / "run.json").read_text())
     assert meta["config"]["model"] == "tinyworld-tiny" and meta["packages"]["torch"] and "device" in meta
 
@@ -188,7 +188,7 @@ def test_demo_runs_every_agent_of_its_configuration_and_prints_the_table(tmp_pat
     assert sorted(results["agent"].unique()) == sorted(demo_agents)
     assert {"memit", "alphaedit", "rledit", "rledit-untrained"} <= set(demo_agents)
     final = results[results["final"]].set_index("agent")
-    assert final.loc["noedit", "spe_acc"] == 1.0 and final.loc["noedit", "eff"] == 0.0
+    assert final.loc["noedit", "spe_agree"] == 1.0 and final.loc["noedit", "eff"] == 0.0
     assert final.loc["memit", "stats_time_s"] > 0  # the one-off statistics cost, apart from editing
     assert (final.loc["rledit", "train_time_s"] > 0) and (final.loc["rledit-untrained", "train_time_s"] == 0)
     printed = capsys.readouterr().out

@@ -35,7 +35,7 @@ def loaded():
     plain = load_model(MODEL)
     model, tokenizer = plain.editable.model, plain.editable.tokenizer
     editable = EditableModel(model, tokenizer, MEMIT.preferred_edit_modules(model.config))
-    return LoadedModel(editable, plain.splits, plain.probe_texts)
+    return LoadedModel(editable, plain.splits, plain.probe_texts, plain.stats_texts)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def corpus(loaded):
     """The texts the agents' statistics cover (the evenly spaced subset ``stats_max_texts`` keeps)."""
-    texts = loaded.probe_texts
-    return [texts[i * len(texts) // 400] for i in range(400)]
+    texts = loaded.stats_texts
+    return texts if len(texts) <= 400 else [texts[i * len(texts) // 400] for i in range(400)]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,8 @@ def test_alphaedit_update_is_orthogonal_to_preserved_keys(make_env, cache_dir, l
 
     alpha, memit = update(AlphaEdit, alpha_config), update(MEMIT, MEMIT_CONFIG)
     assert float((principal.t() @ alpha).norm() / alpha.norm()) < 1e-3  # numerically in the null space
-    assert float((principal.t() @ memit).norm() / memit.norm()) > 0.1  # MEMIT's is not
+    # MEMIT's is not (C^-1 steers it away from the principal directions, not out of them)
+    assert float((principal.t() @ memit).norm() / memit.norm()) > 0.02
     # so the preserved keys barely see it: E||k^T dW||^2 = tr(dW^T C dW) <= threshold ||dW||^2
     leakage = (preserved @ alpha).pow(2).sum(1).mean()
     assert float(leakage) <= threshold * float(alpha.pow(2).sum()) * 1.01

@@ -170,7 +170,8 @@ def test_unedited_model_has_perfect_token_specificity():
     obs, _ = env.reset(seed=0)
     for _ in range(2):
         obs, _, done, _, info = env.step(gradient_action(env, obs, 0.0))
-    assert info["metrics"]["spe_acc"] == 1.0
+    assert info["metrics"]["spe_agree"] == 1.0
+    assert info["metrics"]["spe_acc"] > 0.9  # against the true answers, which the model knows
     assert info["metrics"]["eff_prob"] < 0.5  # TinyWorld's model knows the true answers
 
 

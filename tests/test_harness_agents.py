@@ -34,7 +34,7 @@ def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_p
     assert len(log) == 2 and "loss" in log.columns
     assert (tmp_path / "checkpoints" / "rledit-2x3-seed0.safetensors").exists()
     assert not (tmp_path / "checkpoints" / "rledit-untrained-2x3-seed0.safetensors").exists()
-    assert final.loc["noedit", "spe_acc"] == 1.0  # the unedited model agrees with itself
+    assert final.loc["noedit", "spe_agree"] == 1.0  # the unedited model agrees with itself
 
 
 def test_the_benchmarks_reward_reaches_rledits_training(tmp_path):

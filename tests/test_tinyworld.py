@@ -126,6 +126,7 @@ def test_config_names_and_keys():
     default, tiny = TinyWorldConfig.default(), TinyWorldConfig.tiny()
     assert TinyWorldConfig.named("default") == default and TinyWorldConfig.named("tiny") == tiny
     assert TinyWorldConfig.named("tiny-gpt2") == tiny.replace(arch="gpt2")
+    assert TinyWorldConfig.named("large") == TinyWorldConfig.large()
     assert tiny.key() == TinyWorldConfig.tiny().key()
     assert len({default.key(), tiny.key(), tiny.replace(arch="gpt2").key(), tiny.replace(seed=3).key()}) == 4
     with pytest.raises(ValueError):
@@ -219,3 +220,11 @@ def test_metaspace_model(tmp_path):
     config = TinyWorldConfig.tiny().replace(tokenizer="metaspace")
     model, tokenizer, world = load_tinyworld(config, cache_dir=tmp_path, progress=False)
     assert fact_accuracy(model, tokenizer, world)["min_template"] >= 0.99
+
+
+@pytest.mark.slow
+def test_replay_build_knows_every_template(tmp_path):
+    # revisiting a quarter of what is already known still ends with every template learnt
+    config = TinyWorldConfig.tiny().replace(replay_fraction=0.25)
+    model, tokenizer, world = load_tinyworld(config, cache_dir=tmp_path, progress=False)
+    assert fact_accuracy(model, tokenizer, world)["min_template"] >= config.target_accuracy

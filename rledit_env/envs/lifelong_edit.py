@@ -15,7 +15,7 @@ from gymnasium import spaces
 from rledit_env.actions import InvalidActionError, check_module_dict, check_norms
 from rledit_env.editable import EditableModel, Trace, ridge_solve
 from rledit_env.episode import EncodedEdits
-from rledit_env.metrics import EpisodeEvaluator, perplexity
+from rledit_env.metrics import SPE_REFERENCE, EpisodeEvaluator, headline_suite, perplexity
 from rledit_env.models import LoadedModel, load_model
 from rledit_env.records import EditRecord
 from rledit_env.reward import BacktrackingReward, RewardConfig
@@ -134,6 +134,9 @@ class LifelongEditEnv(gym.Env):
     | metrics_every     | 0             | compute metrics every this many steps (0: only at the end)         |
     | evaluate_at_end   | True          | compute metrics when the episode ends                              |
     | probe_texts       | None          | texts for the perplexity probe (default: the model's own, if any)  |
+    | stats_texts       | None          | corpus of the closed-form editors' key statistics; default: the    |
+    |                   |               | model's own (TinyWorld: its "stats" split), else the train split's |
+    |                   |               | edit and paraphrase prompts (``stats_source`` says which)          |
     | max_tokens        | None          | N; default: n x the longest answer in the split                    |
     | device, dtype     | None          | where and in which precision to load a named model                 |
     | device_map        | None          | "auto" (or a module -> device dict): accelerate spreads the model  |
@@ -164,6 +167,7 @@ class LifelongEditEnv(gym.Env):
         metrics_every: int = 0,
         evaluate_at_end: bool = True,
         probe_texts: Sequence[str] | None = None,
+        stats_texts: Sequence[str] | None = None,
         max_tokens: int | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,
@@ -197,8 +201,8 @@ class LifelongEditEnv(gym.Env):
         self.records = self._resolve_records(loaded, dataset, split)
         self.splits = loaded.splits  # the model's own splits (TinyWorld), e.g. for a training env
         self.probe_texts = list(probe_texts) if probe_texts is not None else loaded.probe_texts[:256]
-        # all of the model's general text (probe_texts keeps a slice): closed-form editors' key statistics
-        self.general_texts = list(loaded.probe_texts) or list(self.probe_texts)
+        self.stats_texts, self.stats_source = self._stats_corpus(loaded, stats_texts)
+        self.spe_reference = SPE_REFERENCE[headline_suite(self.records)]  # what the headline spe measures
         self.sampler = EpisodeSampler(self.records, num_batches, batch_size)
         self.max_tokens = max_tokens or batch_size * self._longest_answer(self.records)
         self._initial_weights = self.editable.snapshot()
@@ -275,6 +279,18 @@ class LifelongEditEnv(gym.Env):
         if bad:
             raise TypeError(f"dataset item {bad[0]} is a {type(records[bad[0]]).__name__}, not an EditRecord")
         return records
+
+    @staticmethod
+    def _stats_corpus(loaded: LoadedModel, given: Sequence[str] | None) -> tuple[list[str], str]:
+        """Key-statistics texts that share nothing with the perplexity probe or the evaluation prompts,
+        and a short name of where they come from (for results files)."""
+        if given is not None:
+            return list(given), "given"
+        if loaded.stats_texts:
+            return list(loaded.stats_texts), "model's statistics split"
+        train = loaded.splits.get("train", [])
+        prompts = dict.fromkeys(p for r in train for p in (r.prompt, *r.paraphrase_prompts))
+        return list(prompts), "train split's prompts" if prompts else "none"
 
     def _longest_answer(self, records: Sequence[EditRecord]) -> int:
         tok = self.editable.tokenizer

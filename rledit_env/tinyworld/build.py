@@ -168,7 +168,8 @@ def _answer_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(model, queries: _Queries, world: TinyWorld, batch_size: int) -> dict:
+def _correct_rows(model, queries: _Queries, batch_size: int) -> torch.Tensor:
+    """(N,) bool: which queries the model answers right (every answer token the argmax)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -181,7 +182,11 @@ def _accuracy(model, queries: _Queries, world: TinyWorld, batch_size: int) -> di
         ).logits
         correct[idx] = _answer_correct(logits, queries.answer_labels[idx, :width].to(device)).cpu()
     model.train(was_training)
-    return _summarise(correct.tolist(), queries.groups, world)
+    return correct
+
+
+def _accuracy(model, queries: _Queries, world: TinyWorld, batch_size: int) -> dict:
+    return _summarise(_correct_rows(model, queries, batch_size).tolist(), queries.groups, world)
 
 
 def _summarise(correct: list[bool], groups: list[tuple[str, int]], world: TinyWorld) -> dict:
@@ -222,7 +227,9 @@ def train_model(
     (general-text perplexity means something), with answer tokens weighted ``answer_loss_weight`` times,
     which about halves the steps to learn the facts. Each batch's own forward pass tells which sentences
     are already answered right; the (costlier) full accuracy check runs only once those running figures
-    near the target. Raises RuntimeError if ``max_steps`` pass without reaching it.
+    near the target. With ``replay_fraction`` < 1 each pass over the data revisits only that share of the
+    sentences already answered right (and all the others), so compute goes where facts are still
+    missing. Raises RuntimeError if ``max_steps`` pass without reaching it.
     """
     config = world.config
     q = _Queries.build(tokenizer, world)
@@ -256,7 +263,11 @@ def train_model(
 
     def batches() -> Iterator[tuple[torch.Tensor, int]]:
         while True:
-            yield from q.batches(torch.randperm(n, generator=generator), config.batch_size, generator)
+            order = torch.randperm(n, generator=generator)
+            if config.replay_fraction < 1:  # revisit only a share of the rows already answered right
+                revisit = torch.rand(n, generator=generator) < config.replay_fraction
+                order = order[~seen_correct[order] | revisit]
+            yield from q.batches(order, config.batch_size, generator)
 
     result: dict | None = None
     history: list[tuple[int, float, float]] = []  # (step, loss, running accuracy), kept in the metadata
@@ -290,11 +301,14 @@ def train_model(
             bar.set_postfix(loss=f"{history[-1][1]:.3f}", acc=f"{history[-1][2]:.3f}")
             # The running figures lag (each is from the sentence's last visit), so check a little early.
             if group_acc.min() >= config.target_accuracy - 0.005:
-                result = _accuracy(model, q, world, batch_size=256)
+                correct = _correct_rows(model, q, batch_size=256)
+                result = _summarise(correct.tolist(), q.groups, world)
                 if result["min_template"] >= config.target_accuracy:
                     result.update(steps=step + 1, history=history)
                     break
                 result = None
+                if config.replay_fraction < 1:  # the next passes focus on what is really still wrong
+                    seen_correct.copy_(correct)
     model.eval()
     if result is None:
         final = _accuracy(model, q, world, batch_size=256)

@@ -127,6 +127,10 @@ _RELATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 MAX_RELATIONS = len(_RELATIONS)
 MAX_VALUES = 12
+PROBE_SIZE = 256  # sentences in the perplexity probe (general_texts("probe"))
+# Settings added after the first published worlds: hashed only when they differ from their default, so
+# the default and tiny worlds keep their cache keys (and their models).
+_LATER_FIELDS = ("split_neighbours", "replay_fraction")
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class TinyWorldConfig:
     neighbour_subject_fraction: float = 0.25
     num_paraphrases: int = 4
     num_neighbours: int = 4
+    split_neighbours: bool = False
     # tokenizer: "bpe" (GPT-2-style byte-level BPE) or "metaspace" (SentencePiece-style "▁" BPE)
     tokenizer: str = "bpe"
     vocab_size: int = 1280  # subject names come out at about two tokens each
@@ -170,6 +175,8 @@ class TinyWorldConfig:
     max_steps: int = 4000
     eval_every: int = 100
     target_accuracy: float = 0.995
+    # share of the sentences already answered right that each pass over the data revisits (1: all)
+    replay_fraction: float = 1.0
     # CPU threads for pretraining (restored afterwards; 0 = torch's current setting, which follows
     # OMP_NUM_THREADS). Not part of the key. On an idle 2-core machine 2 threads build the default world
     # in 111 s against 159 s with 1; on cores that other processes keep busy, OpenMP threads spin at
@@ -187,6 +194,8 @@ class TinyWorldConfig:
             raise ValueError(f"arch must be 'llama' or 'gpt2', got {self.arch!r}")
         if self.tokenizer not in ("bpe", "metaspace"):
             raise ValueError(f"tokenizer must be 'bpe' or 'metaspace', got {self.tokenizer!r}")
+        if not 0 < self.replay_fraction <= 1:
+            raise ValueError(f"replay_fraction must be in (0, 1], got {self.replay_fraction}")
         if self.eval_subject_fraction + self.neighbour_subject_fraction >= 1:
             raise ValueError("eval_subject_fraction + neighbour_subject_fraction must leave train subjects")
 
@@ -204,14 +213,27 @@ class TinyWorldConfig:
         )  # fmt: skip
 
     @classmethod
+    def large(cls) -> TinyWorldConfig:
+        """Room for the paper's schedules: 8,000+ evaluation edits, disjoint train edits and neighbour
+        pools, and a 10 M-parameter, 8-layer Llama (docs/tinyworld-settings.md)."""
+        return cls(
+            num_entities=1200, num_templates=3, num_paraphrases=2, eval_subject_fraction=0.68,
+            neighbour_subject_fraction=0.13, split_neighbours=True, vocab_size=4096, hidden_size=256,
+            num_layers=8, num_heads=4, intermediate_size=1024, learning_rate=1e-3, batch_size=128,
+            warmup_steps=100, schedule_steps=2500, max_steps=6000, eval_every=100, target_accuracy=0.99,
+            replay_fraction=0.25,
+        )  # fmt: skip
+
+    @classmethod
     def named(cls, name: str) -> TinyWorldConfig:
-        """ "default", "tiny", "default-gpt2", "tiny-gpt2" (also "-llama")."""
+        """ "default", "tiny", "large", and each with "-gpt2" (or "-llama")."""
         base, _, arch = name.partition("-")
-        if base not in ("default", "tiny") or arch not in ("", "llama", "gpt2"):
+        makers = {"default": cls.default, "tiny": cls.tiny, "large": cls.large}
+        if base not in makers or arch not in ("", "llama", "gpt2"):
             raise ValueError(
-                f"unknown TinyWorld config {name!r}: use default, tiny, default-gpt2 or tiny-gpt2"
+                f"unknown TinyWorld config {name!r}: use default, tiny or large (each also -gpt2)"
             )
-        config = cls.default() if base == "default" else cls.tiny()
+        config = makers[base]()
         return config.replace(arch=arch) if arch else config
 
     def replace(self, **changes) -> TinyWorldConfig:
@@ -219,7 +241,12 @@ class TinyWorldConfig:
 
     def key(self) -> str:
         """A short stable hash of this config and of the relation table (so editing it invalidates caches)."""
-        payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_threads"}
+        payload = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "num_threads"
+            and not (f.name in _LATER_FIELDS and getattr(self, f.name) == f.default)
+        }
         payload["_tables"] = [_RELATIONS, sorted(_PLAIN_VALUES.items()), sorted(_MADE_UP_SUFFIX.items())]
         payload["_format"] = 2  # bump when the world generator or training recipe changes
         blob = json.dumps(payload, sort_keys=True, default=list).encode()
@@ -264,6 +291,8 @@ class TinyWorld:
         facts: every true fact, (subject, relation, object), ordered by subject then relation.
         truth: (subject, relation) -> object.
         split_subjects: "train" / "eval" / "neighbour" -> the subjects of each group (disjoint).
+        neighbour_pools: "train" / "eval" -> the neighbour subjects of that split's locality prompts (one
+            shared list, or disjoint halves with ``split_neighbours``).
     """
 
     def __init__(self, config: TinyWorldConfig | None = None) -> None:
@@ -298,6 +327,15 @@ class TinyWorld:
             "neighbour": order[n_eval : n_eval + n_neighbour],
             "train": order[n_eval + n_neighbour :],
         }
+        neighbours = self.split_subjects["neighbour"]
+        # split -> the neighbour subjects its records' locality prompts are about
+        self.neighbour_pools: dict[str, list[str]] = {"train": neighbours, "eval": neighbours}
+        if config.split_neighbours:
+            n_train = len(self.split_subjects["train"])
+            cut = round(len(neighbours) * n_eval / (n_eval + n_train))
+            if not 0 < cut < len(neighbours):
+                raise ValueError("split_neighbours needs enough neighbour subjects for both splits")
+            self.neighbour_pools = {"eval": neighbours[:cut], "train": neighbours[cut:]}
         self._records = {split: self._make_records(split, rng) for split in ("train", "eval")}
 
     def prompt(self, subject: str, relation: str, template: int) -> str:
@@ -309,7 +347,7 @@ class TinyWorld:
 
     def _make_records(self, split: str, rng: random.Random) -> list[EditRecord]:
         config = self.config
-        neighbours = self.split_subjects["neighbour"]
+        neighbours = self.neighbour_pools[split]
         records = []
         for subject in self.split_subjects[split]:
             for relation in self.relations:
@@ -352,6 +390,28 @@ class TinyWorld:
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         return list(self._records[split])
 
-    def general_texts(self) -> list[str]:
-        """Every true fact under every template, as plain sentences (the model's pretraining corpus)."""
-        return [self.sentence(f, t) for f in self.facts for t in range(len(self.templates[f.relation]))]
+    def general_texts(self, split: str | None = None) -> list[str]:
+        """True facts as plain sentences: every fact under every template (the pretraining corpus), or
+        one of its parts:
+
+        - "probe": its first PROBE_SIZE sentences, the perplexity probe;
+        - "stats": every sentence about a subject that no evaluation record mentions (edit subjects of
+          the train split; with ``split_neighbours`` the train split's neighbours too) and that the probe
+          does not mention: the corpus of the closed-form editors' key statistics, disjoint from the
+          probe and from every evaluation prompt (edit, paraphrase and locality).
+        """
+        texts = [
+            (f.subject, self.sentence(f, t))
+            for f in self.facts
+            for t in range(len(self.templates[f.relation]))
+        ]
+        if split is None:
+            return [text for _, text in texts]
+        if split == "probe":
+            return [text for _, text in texts[:PROBE_SIZE]]
+        if split == "stats":
+            in_probe = {subject for subject, _ in texts[:PROBE_SIZE]}
+            allowed = set(self.split_subjects["train"]) | set(self.neighbour_pools["train"])
+            allowed -= set(self.neighbour_pools["eval"]) | in_probe
+            return [text for subject, text in texts if subject in allowed]
+        raise ValueError(f"split must be None, 'probe' or 'stats', got {split!r}")

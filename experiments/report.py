@@ -78,9 +78,7 @@ def protocol_line(results: pd.DataFrame) -> str:
 def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
     table = summary_table(results)
     text = (
-        f"# {title}\n\n"
-        + protocol_line(results)
-        + "\n\n"
+        f"# {title}\n\n" + protocol_line(results) + "\n\n"
         "Final metrics over all edits of the sequence (mean ± std over seeds). eff/gen/spe are the "
         "headline suite of the dataset family (CounterFact: P(new) > P(true); ZsRE/FEVER: token "
         "accuracy); *_acc the token-accuracy suite. ms_per_edit is editing time (the agent's act, the "

@@ -108,7 +108,7 @@ class EditableModel:
         edit_modules=None,
         *,
         eval_batch_size: int = 64,
-        tokens_per_pass: int = 16384,
+        tokens_per_pass: int = 4096,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer

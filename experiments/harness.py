@@ -240,7 +240,9 @@ class Benchmark:
             )
             if cfg.dataset is not None:
                 loaded.splits = self._dataset_splits()
-            self._pristine = {k: v.detach().clone() for k, v in loaded.editable.model.state_dict().items()}
+            # a host copy: on a GPU a second copy of an 8B model's weights would cost 15 GiB of its memory
+            state = loaded.editable.model.state_dict()
+            self._pristine = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
             self._loaded = loaded
         return self._loaded
 
@@ -279,7 +281,7 @@ class Benchmark:
         """Every run must start from the original model: a leaked edit would corrupt the next run."""
         state = self._loaded.editable.model.state_dict()
         for key, value in self._pristine.items():
-            if not torch.equal(state[key], value):
+            if not torch.equal(state[key].cpu(), value):
                 raise RuntimeError(f"the model's weights changed between runs ({key}); this is a bug")
 
     # ------------------------------------------------------------------------------ runs

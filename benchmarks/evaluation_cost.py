@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(MEASURES[args.measure](args)))
         return
 
+    if args.dataset:  # a path both trees read (an earlier commit may resolve dataset names elsewhere)
+        from rledit_env.datasets import resolve_dataset
+
+        args.dataset = str(resolve_dataset(args.dataset).resolve())
     trees = {"now": ROOT}
     tmp = None
     if not args.no_baseline:

@@ -78,9 +78,14 @@ def measure_training(args) -> dict:
 
     env = _env(args, evaluate_at_end=False)
     settings = {"init_lr": 3e-3, "meta_lr": 1e-4}
-    if args.published:
-        settings["reward"] = PUBLISHED
-    agent = RLEdit(env, RLEditConfig(**settings)).learn(args.sequences, progress_bar=False)
+    reward = {"reward": PUBLISHED} if args.published else {}
+    train_env = None
+    if args.dataset:  # a dataset has no training split of its own: train on its records (cost, not quality)
+        train_env = _env(args, evaluate_at_end=False, differentiable=True, obs_backend="torch", **reward)
+    elif args.published:
+        settings.update(reward)
+    agent = RLEdit(env, RLEditConfig(**settings))
+    agent.learn(args.sequences, train_env=train_env, progress_bar=False)
     seconds = [log["seconds"] for log in agent.training_log]
     return {
         "seconds_per_sequence": statistics.median(seconds),

@@ -306,18 +306,15 @@ class EditableModel:
         out = None
         handle = self._layers[self.frozen_depth].register_forward_pre_hook(capture, with_kwargs=True)
         try:
-            for rows in self._passes(batch, packed=True):
-                longest = int(batch.attention_mask[rows].sum(1).max())
+            for rows, chunk in self._chunks(batch, packed=True):
                 with suppress(_StopForward):
                     self.model.base_model(
-                        input_ids=batch.input_ids[rows, :longest],
-                        attention_mask=batch.attention_mask[rows, :longest],
-                        use_cache=False,
+                        input_ids=chunk.input_ids, attention_mask=chunk.attention_mask, use_cache=False
                     )
                 hidden = found["hidden"]
                 if out is None:  # padded slots stay zero: they are masked out wherever they are read
                     out = hidden.new_zeros(*batch.input_ids.shape, hidden.shape[-1])
-                out[rows.to(out.device), :longest] = hidden
+                out[rows.to(out.device), : hidden.shape[1]] = hidden
         finally:
             handle.remove()
         return out
@@ -365,14 +362,10 @@ class EditableModel:
         grad = enable_grad or (bool(updates) and any(u.requires_grad for u in updates.values()))
         parts: list[TargetLogits] = []
         with torch.set_grad_enabled(grad):
-            for rows in self._passes(batch, packed):
-                longest = int(batch.attention_mask[rows].sum(1).max()) if packed else batch.input_ids.shape[1]
-                chunk = EncodedBatch(
-                    batch.input_ids[rows, :longest],
-                    batch.attention_mask[rows, :longest],
-                    batch.labels[rows, :longest],
+            for rows, chunk in self._chunks(batch, packed):
+                chunk_prefix = (
+                    None if prefix is None else prefix[rows.to(prefix.device), : chunk.input_ids.shape[1]]
                 )
-                chunk_prefix = None if prefix is None else prefix[rows.to(prefix.device), :longest]
                 part = self._read_targets(self._hidden_states(chunk, updates, chunk_prefix), chunk)
                 part.rows = rows.to(part.rows.device)[part.rows]
                 parts.append(part)
@@ -383,6 +376,19 @@ class EditableModel:
             order = torch.argsort(rows, stable=True)
             logits, labels, rows = logits[order], labels[order], rows[order]
         return TargetLogits(logits, labels, rows, len(batch))
+
+    def _chunks(self, batch: EncodedBatch, packed: bool) -> Iterator[tuple[torch.Tensor, EncodedBatch]]:
+        """(row indices, those rows) of each forward pass; packed passes are trimmed to their longest row."""
+        for rows in self._passes(batch, packed):
+            longest = int(batch.attention_mask[rows].sum(1).max()) if packed else batch.input_ids.shape[1]
+            yield (
+                rows,
+                EncodedBatch(
+                    batch.input_ids[rows, :longest],
+                    batch.attention_mask[rows, :longest],
+                    batch.labels[rows, :longest],
+                ),
+            )
 
     def _passes(self, batch: EncodedBatch, packed: bool) -> list[torch.Tensor]:
         """The row indices of each forward pass (see ``target_logits``)."""

@@ -43,16 +43,15 @@ def _agent(name: str) -> Callable[[], type]:
     return load
 
 
-def _memit_modules(config) -> list[str]:
-    from rledit_env.presets import locate_edit_modules
+def _preset(name: str) -> Callable[[Any], list[str]]:
+    """The edit modules ``rledit_env.presets.<name>(model config)`` chooses, imported on first use."""
 
-    return locate_edit_modules(config)
+    def modules(config) -> list[str]:
+        from rledit_env import presets
 
+        return getattr(presets, name)(config)
 
-def _ultraedit_modules(config) -> list[str]:
-    from rledit_env.presets import ultraedit_modules
-
-    return ultraedit_modules(config)
+    return modules
 
 
 # Rollouts and replay that start short enough for a few hundred environment steps to train.
@@ -116,19 +115,19 @@ AGENTS: dict[str, AgentSpec] = {
     "memit": AgentSpec(
         _agent("MEMIT"),
         {"action_type": "shift"},
-        edit_modules=_memit_modules,
+        edit_modules=_preset("locate_edit_modules"),
         description="MEMIT: closed-form least squares on MLP output projections",
     ),
     "alphaedit": AgentSpec(
         _agent("AlphaEdit"),
         {"action_type": "shift"},
-        edit_modules=_memit_modules,
+        edit_modules=_preset("locate_edit_modules"),
         description="AlphaEdit: MEMIT projected onto the null space of preserved keys",
     ),
     "ultraedit": AgentSpec(
         _agent("UltraEdit"),
         {"action_type": "values"},
-        edit_modules=_ultraedit_modules,
+        edit_modules=_preset("ultraedit_modules"),
         description="UltraEdit: training-free, lifelong-normalised value gradients + ridge solve",
     ),
 }
@@ -205,9 +204,9 @@ def train_or_load(
     if reuse and checkpoint is not None and Path(checkpoint).exists():
         return cls.load(checkpoint, agent.env), 0.0
     start = time.perf_counter()
-    kwargs = (
-        {"progress_bar": progress} if callback is None else {"progress_bar": progress, "callback": callback}
-    )
+    kwargs: dict[str, Any] = {"progress_bar": progress}
+    if callback is not None:  # a custom agent's learn may take no callback
+        kwargs["callback"] = callback
     if episodes is None:  # the agent's own default (a custom agent's may not accept None)
         agent.learn(**kwargs)
     else:

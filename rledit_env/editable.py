@@ -7,8 +7,9 @@ with the key u (the layer's input) and the value gradient delta (the loss gradie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rledit_env.actions import InvalidActionError
-from rledit_env.presets import check_tokenizer, decoder_layers, resolve_edit_modules
+from rledit_env.presets import (
+    check_tokenizer,
+    decoder_layers,
+    layer_attention,
+    resolve_edit_modules,
+    top_mlp,
+)
 from rledit_env.tokenization import IGNORE_INDEX, EncodedBatch
 
 Updates = Mapping[str, torch.Tensor]
@@ -99,6 +106,9 @@ class EditableModel:
         eval_batch_size: rows per forward pass when scoring prompts in their own order.
         tokens_per_pass: the memory bound of packed scoring (``target_logits(..., packed=True)``): rows x
             longest row of one forward pass.
+        pass_overhead_tokens: what one more forward pass costs, in padded tokens; packed scoring splits
+            rows into bands of similar length while a split saves more padding than this (256: a
+            CPU's fixed cost of a pass of a small model; a GPU's is worth more).
     """
 
     def __init__(
@@ -109,11 +119,13 @@ class EditableModel:
         *,
         eval_batch_size: int = 64,
         tokens_per_pass: int = 4096,
+        pass_overhead_tokens: int = 256,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.eval_batch_size = eval_batch_size
         self.tokens_per_pass = tokens_per_pass
+        self.pass_overhead_tokens = pass_overhead_tokens
         for p in self.model.parameters():
             p.requires_grad_(False)  # the environment never trains the model through autograd
         check_tokenizer(model.config, tokenizer)
@@ -143,6 +155,8 @@ class EditableModel:
                 name, module, f"{base_names[id(module)]}.weight", transposed, int(d_in), int(d_out)
             )
         self._layers, self.frozen_depth = self._frozen_layers()
+        self._frozen_attention = self._find_frozen_attention()
+        self._top_mlp = top_mlp(model)
         # bf16/fp16 weights keep 8/11 bits of mantissa, so small updates added to them one by one would
         # round away. Updates accumulate in an fp32 master copy of the edit modules (only those) instead,
         # and the model's weight is that master rounded once.
@@ -186,6 +200,17 @@ class EditableModel:
         if found is None or getattr(self.model, "hf_device_map", None):
             return None, 0
         return found
+
+    def _find_frozen_attention(self) -> str | None:
+        """The name of the first edited layer's attention block when no edit module is inside it (then
+        its output is as frozen as the layers below, and ``frozen_prefix`` keeps it too), else None."""
+        if not self.frozen_depth:
+            return None
+        layer_path, name = layer_attention(self.model, self.frozen_depth)
+        inside = f"{layer_path}.{name}."
+        if any(n.startswith(inside) for n in self.names):
+            return None
+        return name if hasattr(self._layers[self.frozen_depth], name) else None
 
     # ----------------------------------------------------------------- facts about the edit modules
     @property
@@ -264,47 +289,93 @@ class EditableModel:
     @contextmanager
     def _from_frozen_prefix(self, prefix: torch.Tensor | None) -> Iterator[None]:
         """Inside the block, forward passes skip the frozen layers and start from ``prefix`` (the hidden
-        states entering the first layer with an edit module); None: the whole model runs."""
+        states entering the first layer with an edit module, and its attention block's output when that
+        is frozen too); None: the whole model runs."""
         if prefix is None:
             yield
             return
-        depth, layers = self.frozen_depth, self._layers
+        depth, layers, attention = self.frozen_depth, self._layers, self._frozen_attention
+        hidden, attention_out = prefix.tensor_split(2, dim=-1) if attention else (prefix, None)
         skipped = [layers[i] for i in range(depth)]
 
         def start_here(_module, args, kwargs):
             if args:
-                return (prefix, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": prefix}
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
 
         for i, layer in enumerate(skipped):
             layers[i] = _PassThrough(layer)
         handle = layers[depth].register_forward_pre_hook(start_here, with_kwargs=True)
+        if attention:
+            original = getattr(layers[depth], attention)
+            setattr(layers[depth], attention, _Constant(attention_out))
         try:
             yield
         finally:
             handle.remove()
+            if attention:
+                setattr(layers[depth], attention, original)
             for i, layer in enumerate(skipped):
                 layers[i] = layer
+
+    @contextmanager
+    def _top_mlp_at(self, positions: torch.Tensor) -> Iterator[None]:
+        """Inside the block the last layer's MLP runs only at ``positions`` ((B, L) bool) and adds
+        nothing elsewhere. Exact for the logits there: an MLP acts on each position alone, and the last
+        layer's output is read nowhere else. (No-op for an architecture without a preset.)"""
+        if self._top_mlp is None:
+            yield
+            return
+        shape: list[torch.Size] = []
+
+        def gather(_module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            shape.append(x.shape)
+            picked = x[positions.to(x.device)].unsqueeze(0)
+            return ((picked, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": picked})
+
+        def scatter(_module, _args, _kwargs, out):
+            mask = positions.to(out.device).unsqueeze(-1)
+            return out.new_zeros(shape.pop()).masked_scatter(mask, out[0])
+
+        handles = [
+            self._top_mlp.register_forward_pre_hook(gather, with_kwargs=True),
+            self._top_mlp.register_forward_hook(scatter, with_kwargs=True),
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def frozen_prefix(self, batch: EncodedBatch) -> torch.Tensor | None:
         """The hidden states (B, L, d) entering the first layer that holds an edit module, for every row
-        of ``batch``; None when ``frozen_depth`` is 0.
+        of ``batch``, and, when no edit module is in that layer's attention block, that block's output
+        too ((B, L, 2d), concatenated); None when ``frozen_depth`` is 0.
 
-        They depend only on layers the environment never edits, so they hold for the whole episode:
+        They depend only on parts the environment never edits, so they hold for the whole episode:
         ``target_logits(..., prefix=...)`` then runs only the layers from there up.
         """
         if not self.frozen_depth:
             return None
         batch = batch.to(self.input_device())
+        layer = self._layers[self.frozen_depth]
         found: dict[str, torch.Tensor] = {}
 
-        def capture(_module, args, kwargs):
+        def capture_input(_module, args, kwargs):
             found["hidden"] = args[0] if args else kwargs["hidden_states"]
+            if not self._frozen_attention:
+                raise _StopForward
+
+        def capture_attention(_module, _args, output):
+            found["attention"] = output[0]
             raise _StopForward
 
         out = None
-        handle = self._layers[self.frozen_depth].register_forward_pre_hook(capture, with_kwargs=True)
+        handles = [layer.register_forward_pre_hook(capture_input, with_kwargs=True)]
+        if self._frozen_attention:
+            handles.append(getattr(layer, self._frozen_attention).register_forward_hook(capture_attention))
         try:
             for rows, chunk in self._chunks(batch, packed=True):
                 with suppress(_StopForward):
@@ -312,11 +383,14 @@ class EditableModel:
                         input_ids=chunk.input_ids, attention_mask=chunk.attention_mask, use_cache=False
                     )
                 hidden = found["hidden"]
+                if self._frozen_attention:
+                    hidden = torch.cat([hidden, found["attention"]], -1)
                 if out is None:  # padded slots stay zero: they are masked out wherever they are read
                     out = hidden.new_zeros(*batch.input_ids.shape, hidden.shape[-1])
                 out[rows.to(out.device), : hidden.shape[1]] = hidden
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return out
 
     def _read_targets(self, hidden: torch.Tensor, batch: EncodedBatch) -> TargetLogits:
@@ -354,7 +428,8 @@ class EditableModel:
         By default rows go through in their own order, ``eval_batch_size`` per pass (what hooks that
         index a pass's rows, such as ``add_to_output``, need). ``packed=True`` is for scoring many
         prompts: rows of similar length share a pass of at most ``tokens_per_pass`` tokens, each pass
-        trimmed to its longest row, so there are few passes and little padding. Either way the tokens
+        trimmed to its longest row, so there are few passes and little padding, and the last layer's MLP
+        runs only where logits are read. Either way the tokens
         come back in the batch's order (by row, then position). ``prefix`` (``frozen_prefix(batch)``)
         starts the passes at the first layer with an edit module.
         """
@@ -366,7 +441,9 @@ class EditableModel:
                 chunk_prefix = (
                     None if prefix is None else prefix[rows.to(prefix.device), : chunk.input_ids.shape[1]]
                 )
-                part = self._read_targets(self._hidden_states(chunk, updates, chunk_prefix), chunk)
+                with self._top_mlp_at(chunk.target_positions) if packed else nullcontext():
+                    hidden = self._hidden_states(chunk, updates, chunk_prefix)
+                part = self._read_targets(hidden, chunk)
                 part.rows = rows.to(part.rows.device)[part.rows]
                 parts.append(part)
         logits, labels, rows = (
@@ -400,11 +477,10 @@ class EditableModel:
         lengths = batch.attention_mask.sum(1).cpu()
         order = torch.argsort(lengths, stable=True)
         sizes = lengths[order].tolist()
-        passes, start = [], 0
-        for end in range(1, n + 1):  # rows are sorted by length: a pass's longest row is its last
-            if end == n or (end + 1 - start) * sizes[end] > self.tokens_per_pass:
-                passes.append(order[start:end])
-                start = end
+        passes = []
+        for first, last in _length_bands(sizes, self.tokens_per_pass, self.pass_overhead_tokens):
+            rows_per_pass = max(self.tokens_per_pass // sizes[last - 1], 1)
+            passes += [order[s : min(s + rows_per_pass, last)] for s in range(first, last, rows_per_pass)]
         return passes
 
     # -------------------------------------------------------------------------------------- trace
@@ -542,6 +618,32 @@ def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | fl
     return torch.linalg.solve(gram, u.t() @ v)
 
 
+def _length_bands(sizes: Sequence[int], budget: int, overhead: int) -> list[tuple[int, int]]:
+    """Split rows sorted by length (``sizes``) into bands [first, last) that minimise the padded tokens
+    plus ``overhead`` per forward pass, each band then taking as many passes of at most ``budget``
+    tokens as it needs. A dynamic programme over the distinct lengths (a few dozen)."""
+    n = len(sizes)
+    if not n:
+        return []
+    starts = [0] + [i for i in range(1, n) if sizes[i] != sizes[i - 1]]
+    bounds = [*starts, n]
+    best = [0.0] + [math.inf] * (len(bounds) - 1)
+    cut = [0] * len(bounds)
+    for j in range(1, len(bounds)):
+        longest = sizes[bounds[j] - 1]
+        for i in range(j):
+            rows = bounds[j] - bounds[i]
+            passes = -(-rows // max(budget // longest, 1))
+            cost = best[i] + rows * longest + overhead * passes
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bands, j = [], len(bounds) - 1
+    while j > 0:
+        bands.append((bounds[cut[j]], bounds[j]))
+        j = cut[j]
+    return bands[::-1]
+
+
 def stack_prefixes(prefixes: Sequence[torch.Tensor], length: int) -> torch.Tensor:
     """Concatenate hidden states (B_i, L_i, d) of batches that ``stack_rows`` stacked, zero-padded to
     its common ``length`` (padded slots are masked out)."""
@@ -564,6 +666,18 @@ def stack_rows(batches: Sequence[EncodedBatch]) -> EncodedBatch:
 
 class _StopForward(Exception):
     """Ends a forward pass early, once the hidden states ``frozen_prefix`` reads are there."""
+
+
+class _Constant(nn.Module):
+    """Stands in for a frozen attention block: returns its output, computed once (``frozen_prefix``),
+    in the (output, attention weights) form decoder layers unpack."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args, **kwargs):
+        return self.value, None
 
 
 class _PassThrough(nn.Module):

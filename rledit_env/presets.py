@@ -43,14 +43,20 @@ class Architecture:
     mlp_inputs: tuple[str, ...]  # the MLP input projections (relative to the layer): hypernetwork editors
     mlp_output: str  # the MLP output projection (relative to the layer): locate-then-edit editors
     bos_required: bool = False  # the model was trained with BOS first and degrades without it
+    attention: str = "self_attn"  # the attention block (relative to the layer)
 
     def module(self, layer: int, projection: str) -> str:
         return f"{self.layer_path.format(i=layer)}.{projection}"
 
+    @property
+    def mlp(self) -> str:
+        """The MLP block's path relative to a layer (the output projection's parent)."""
+        return self.mlp_output.rsplit(".", 1)[0]
+
 
 _LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj")
 _ARCHITECTURES: dict[str, Architecture] = {
-    "gpt2": Architecture("transformer.h.{i}", ("mlp.c_fc",), "mlp.c_proj"),
+    "gpt2": Architecture("transformer.h.{i}", ("mlp.c_fc",), "mlp.c_proj", attention="attn"),
     "llama": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj"),
     "mistral": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj"),
     "gemma": Architecture("model.layers.{i}", _LLAMA_MLP, "mlp.down_proj", bos_required=True),
@@ -165,6 +171,13 @@ def locate_edit_modules(config, layers: Sequence[int] | None = None) -> list[str
     return [arch.module(i, arch.mlp_output) for i in sorted(set(chosen))]
 
 
+def layer_attention(model, layer: int) -> tuple[str, str]:
+    """(path of decoder layer ``layer``, its attention block's name in it); the architecture must have
+    an entry here."""
+    arch = architecture(model.config)
+    return arch.layer_path.format(i=layer), arch.attention
+
+
 def decoder_layers(model, module_names: Sequence[str]) -> tuple[Any, int] | None:
     """(the model's decoder layers, the index of the first layer holding one of ``module_names``), or
     None when the architecture has no entry here or a name is not inside a decoder layer."""
@@ -176,6 +189,14 @@ def decoder_layers(model, module_names: Sequence[str]) -> tuple[Any, int] | None
     if not indices or any(m is None for m in indices):
         return None
     return model.get_submodule(arch.layer_path.rsplit(".", 1)[0]), min(int(m.group(1)) for m in indices)
+
+
+def top_mlp(model) -> Any | None:
+    """The MLP block of the model's last decoder layer, or None for an architecture without an entry."""
+    arch = _ARCHITECTURES.get(getattr(model.config, "model_type", None))
+    if arch is None:
+        return None
+    return model.get_submodule(f"{arch.layer_path.format(i=num_layers(model.config) - 1)}.{arch.mlp}")
 
 
 def mlp_output_layer(config, name: str) -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import TINY_MODELS, _loaded, _pristine
 
-from rledit_env.editable import EditableModel, ridge_solve
+from rledit_env.editable import EditableModel, _length_bands, ridge_solve
 from rledit_env.tokenization import encode_batch
 
 
@@ -105,3 +105,55 @@ def test_ridge_solve_both_forms_match_the_normal_equations(tokens):
     lam = 0.3
     expected = torch.linalg.solve(u.T @ u + lam * torch.eye(16, dtype=torch.float64), u.T @ v)
     assert torch.allclose(ridge_solve(u, v, lam).double(), expected, atol=1e-4)
+
+
+def _attention_module(name: str, layer: int) -> str:
+    gpt2 = _loaded(name).editable.model.config.model_type == "gpt2"
+    return f"transformer.h.{layer}.attn.c_proj" if gpt2 else f"model.layers.{layer}.self_attn.o_proj"
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("where", ["mlp", "mlp+attention"])
+def test_packed_scoring_from_the_frozen_prefix_gives_the_plain_logits_and_gradients(name, where):
+    """Packed passes (the last layer's MLP only at answer positions) that start from frozen_prefix (the
+    layers below the edit and, when no edit module is in it, the edited layer's attention) give the
+    logits and update gradients of plain full passes."""
+    modules = [_last_layer_module(name)] + ([_attention_module(name, 1)] if "attention" in where else [])
+    editable = _editable(name, modules)
+    assert editable.frozen_depth == 1
+    assert (editable._frozen_attention is None) == ("attention" in where)
+    batch = _batch(name, count=6)
+    prefix = editable.frozen_prefix(batch)
+    width = editable.model.config.hidden_size * (1 if "attention" in where else 2)
+    assert prefix.shape == (*batch.input_ids.shape, width)
+    gen = torch.Generator().manual_seed(0)
+    updates = {
+        n: (0.05 * torch.randn(d_in, d_out, generator=gen)).requires_grad_(True)
+        for n, (d_in, d_out) in editable.shapes.items()
+    }
+    editable.tokens_per_pass = 20  # several passes, rows regrouped by length
+    results = []
+    for kwargs in ({}, {"packed": True}, {"packed": True, "prefix": prefix}):
+        target = editable.target_logits(batch, updates, **kwargs)
+        grads = torch.autograd.grad(target.nll().sum(), list(updates.values()))
+        results.append((target.logits.detach(), grads))
+    plain_logits, plain_grads = results[0]
+    for logits, grads in results[1:]:
+        assert torch.allclose(logits, plain_logits, atol=1e-5)
+        for g, p in zip(grads, plain_grads, strict=True):
+            assert torch.allclose(g, p, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("overhead", [0, 50, 10**6])
+def test_length_bands_cover_the_rows_in_passes_within_the_budget(overhead):
+    sizes = sorted([3] * 5 + [4] * 7 + [6] * 2 + [9] * 11 + [10] * 3)
+    bands = _length_bands(sizes, 40, overhead)
+    assert [b[0] for b in bands] == [0] + [b[1] for b in bands[:-1]] and bands[-1][1] == len(sizes)
+    assert all(sizes[last - 1] <= 40 for _, last in bands)
+    if overhead == 0:  # free passes: one band per distinct length, no padding at all
+        assert len(bands) == len(set(sizes))
+    if overhead == 10**6:  # costly passes: no more of them than one band would take (7 of 4 rows)
+        passes = sum(-(-(last - first) // (40 // sizes[last - 1])) for first, last in bands)
+        assert passes <= 7
+        assert len(_length_bands(sizes, 10**6, overhead)) == 1  # no budget: a single pass
+    assert _length_bands([], 40, overhead) == []

@@ -332,10 +332,12 @@ class HyperNetworkEditor(EditAgent):
 
     def _end_episode(self, logs: dict[str, float], start: float, callback: Callback) -> bool:
         """Log a finished training episode; False when the callback asks to stop."""
+        lrs = zip(self.net.module_names, self.net.lr.detach().tolist(), strict=True)
         logs = {
             "episode": self.episodes_trained,
             **logs,
             "lr": float(self.net.lr.detach().mean()),
+            **{f"lr/{module}": lr for module, lr in lrs},  # each module's learned step size
             **({"log_lambda": float(self.net.log_lambda.detach().mean())} if self.ridge else {}),
             "seconds": time.perf_counter() - start,
         }

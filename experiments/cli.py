@@ -147,7 +147,11 @@ def resolve_config(args: argparse.Namespace, default_config: str | None):
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.train_episodes is not None:
-        config.train_episodes = {a: args.train_episodes for a in config.agents}
+        from experiments.registry import agent_spec
+
+        config.train_episodes = {
+            a: args.train_episodes for a in config.agents if not agent_spec(a).fixed_training
+        }
     if args.model is not None and args.dataset is None and args.config is None and default_config is None:
         config.name = f"{args.model}"
     return config

@@ -31,6 +31,7 @@ class AgentSpec:
     edit_modules: Callable[[Any], list[str]] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     needs_reward: bool = False
+    fixed_training: bool = False  # the procedure fixes its training budget: --train-episodes leaves it
     description: str = ""
 
 
@@ -66,6 +67,17 @@ AGENTS: dict[str, AgentSpec] = {
         {"action_type": "values"},
         trainable=True,
         description="RLEdit: hypernetwork trained on whole edit sequences through the reward",
+    ),
+    "rledit-published": AgentSpec(
+        _agent("RLEdit"),
+        {"action_type": "values"},
+        trainable=True,
+        defaults={"train_episodes": 1, "reward": {"paraphrases_per_edit": 1, "neighbours_per_edit": 1}},
+        fixed_training=True,
+        description=(
+            "RLEdit as published: one sequence as long as the evaluation's, one optimiser step, one "
+            "paraphrase and one neighbour per edit (meta lr = 10 x initial lr, the paper's ratio)"
+        ),
     ),
     "rledit-untrained": AgentSpec(
         _agent("RLEdit"),

@@ -37,6 +37,24 @@ def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_p
     assert final.loc["noedit", "spe_agree"] == 1.0  # the unedited model agrees with itself
 
 
+def test_rledit_published_trains_one_sequence_of_the_evaluations_length_with_one_step(tmp_path):
+    final = _run(
+        tmp_path,
+        ["rledit-published"],
+        agent_configs={"rledit-published": {"rank": 16, "num_blocks": 1, "init_lr": 1e-3, "meta_lr": 1e-2}},
+    )
+    assert final.loc["rledit-published", "train_time_s"] > 0
+    log = pd.read_csv(tmp_path / "training-rledit-published-2x3-seed0.csv")
+    assert len(log) == 1  # one sequence, one optimiser step
+    lrs = [c for c in log.columns if c.startswith("lr/")]  # each module's learned step size
+    assert lrs == ["lr/model.layers.0.mlp.gate_proj", "lr/model.layers.0.mlp.up_proj"]
+    spec = agent_spec("rledit-published")
+    assert spec.fixed_training and spec.defaults["reward"] == {
+        "paraphrases_per_edit": 1,
+        "neighbours_per_edit": 1,
+    }
+
+
 def test_the_benchmarks_reward_reaches_rledits_training(tmp_path):
     # one owner for the reward: an env-level setting is what RLEdit trains on, unless its config says
     # otherwise. With backtrack_depth 1 the backtracking term is exactly 0 at every training step.

@@ -77,13 +77,15 @@ class BenchmarkConfig:
 
     ``dataset`` None uses the model's own records (TinyWorld's train/eval splits); otherwise it is a
     path or known name (``rledit_env.datasets.KNOWN_DATASETS``) for the evaluation edits, and
-    ``train_dataset`` the training edits (if None, ``dataset`` is split in two, disjointly).
+    ``train_dataset`` the training edits (if None, ``dataset`` is split in two, disjointly, with
+    ``eval_fraction`` of its records for evaluation).
     """
 
     name: str = "benchmark"
     model: str = "tinyworld"
     dataset: str | None = None
     train_dataset: str | None = None
+    eval_fraction: float = 0.5
     schedules: list[str] = field(default_factory=lambda: ["20x10"])
     agents: list[str] = field(default_factory=lambda: ["rledit", "noedit"])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -121,6 +123,8 @@ class BenchmarkConfig:
             agent_settings(name, agent_spec(name), self.agent_configs.get(name, {}))
         if not self.seeds:
             raise ValueError("seeds is empty")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.general_probe is not None:
             GeneralProbeConfig(**self.general_probe)
         from rledit_env.datasets import resolve_dataset
@@ -253,7 +257,7 @@ class Benchmark:
         evals = load_dataset(cfg.dataset)
         if cfg.train_dataset is not None:
             return {"train": load_dataset(cfg.train_dataset), "eval": evals}
-        train, evals = split_records(evals, eval_fraction=0.5, seed=0)
+        train, evals = split_records(evals, eval_fraction=cfg.eval_fraction, seed=0)
         return {"train": train, "eval": evals}
 
     def make_env(self, spec: AgentSpec, num_batches: int, batch_size: int) -> LifelongEditEnv:

@@ -225,3 +225,17 @@ def test_configurations_share_settings_by_extending_one_another(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"extends": "nowhere", "agents": ["noedit"]}))
     with pytest.raises(ValueError, match="extends 'nowhere'"):
         BenchmarkConfig.from_file(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("name", ["smollm2-counterfact", "smollm2-zsre", "smollm2-fever"])
+def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name, tmp_path):
+    """Each schedule's T x n distinct evaluation edits exist in the evaluation split (ZsRE's 998 usable
+    records, split half and half, would leave 499 for 50 x 10)."""
+    from experiments.harness import Benchmark, BenchmarkConfig, parse_schedule
+
+    config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
+    splits = Benchmark(config, tmp_path)._dataset_splits()
+    for schedule in config.schedules:
+        num_batches, batch_size = parse_schedule(schedule)
+        assert num_batches * batch_size <= len(splits["eval"])
+    assert splits["train"]

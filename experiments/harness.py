@@ -358,6 +358,7 @@ class Benchmark:
         num_batches, batch_size = parse_schedule(schedule)
         run = f"{agent_name}-{schedule}-seed{seed}"
         settings = {**dataclasses.asdict(cfg), "agent": agent_name, "schedule": schedule, "seed": seed}
+        start = time.perf_counter()
         with self.tracking.run(run, run_group(cfg.model, self.dataset_name), settings) as curves:
             env = self.make_env(spec, num_batches, batch_size)
             try:
@@ -389,6 +390,8 @@ class Benchmark:
                 "stats_corpus": getattr(agent, "stats_source", None),
                 "stats_texts": getattr(agent, "stats_num_texts", None),
                 "peak_memory_mib": peak_memory_mib(),
+                # the whole run: training or loading, statistics, the episode, metrics and probes
+                "wall_time_s": time.perf_counter() - start,
             }
             curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
             rows = [{**base, **point, "final": point["step"] == num_batches} for point in curve]

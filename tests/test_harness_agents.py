@@ -30,6 +30,8 @@ def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_p
     )
     assert (final["edits"] == 6).all() and (final["time_per_edit_s"] > 0).all()
     assert final.loc["rledit", "train_time_s"] > 0 and final.loc["rledit-untrained", "train_time_s"] == 0
+    parts = final["edit_time_s"] + final["train_time_s"]
+    assert (final["wall_time_s"] > parts).all()  # the whole run, its evaluations included
     log = pd.read_csv(tmp_path / "training-rledit-2x3-seed0.csv")
     assert len(log) == 2 and "loss" in log.columns
     assert (tmp_path / "checkpoints" / "rledit-2x3-seed0.safetensors").exists()

@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 from experiments.ray_backend import RayExecutor  # noqa: E402
 
-TIMING = ["time_per_edit_s", "edit_time_s", "train_time_s", "stats_time_s", "peak_memory_mib"]
+TIMING = ["time_per_edit_s", "edit_time_s", "train_time_s", "stats_time_s", "peak_memory_mib", "wall_time_s"]
 SMALL_NET = {"rank": 16, "num_blocks": 1, "train_num_batches": 2}
 
 

@@ -39,8 +39,12 @@ def sweep(config: BenchmarkConfig, agent: str, setting: str, values: list, out: 
     rows = []
     for value in values:
         agent_configs = {agent: {**config.agent_configs.get(agent, {}), setting: value}}
-        trial = dataclasses.replace(
-            config, agents=[agent], agent_configs=agent_configs, env={**config.env, "split": "train"}
+        trial = dataclasses.replace(  # no general-ability probe: the choice is made on eff/gen/spe
+            config,
+            agents=[agent],
+            agent_configs=agent_configs,
+            env={**config.env, "split": "train"},
+            general_probe=None,
         )
         results = Benchmark(trial, out / f"{setting}={value}", progress=False).run()
         final = final_rows(results)

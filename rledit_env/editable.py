@@ -429,9 +429,9 @@ class EditableModel:
         index a pass's rows, such as ``add_to_output``, need). ``packed=True`` is for scoring many
         prompts: rows of similar length share a pass of at most ``tokens_per_pass`` tokens, each pass
         trimmed to its longest row, so there are few passes and little padding, and the last layer's MLP
-        runs only where logits are read. Either way the tokens
-        come back in the batch's order (by row, then position). ``prefix`` (``frozen_prefix(batch)``)
-        starts the passes at the first layer with an edit module.
+        runs only where logits are read. Either way the tokens come back in the batch's order (by row,
+        then position). ``prefix`` (``frozen_prefix(batch)``) starts the passes at the first layer with
+        an edit module.
         """
         batch = batch.to(self.input_device())
         grad = enable_grad or (bool(updates) and any(u.requires_grad for u in updates.values()))

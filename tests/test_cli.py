@@ -239,3 +239,13 @@ def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name
         num_batches, batch_size = parse_schedule(schedule)
         assert num_batches * batch_size <= len(splits["eval"])
     assert splits["train"]
+
+
+def test_train_episodes_flag_leaves_the_published_procedures_one_sequence():
+    from experiments import cli
+
+    args = cli.build_parser().parse_args(
+        ["benchmark", "--agents", "rledit,rledit-published,mend", "--train-episodes", "7"]
+    )
+    config = cli.resolve_config(args, None)
+    assert config.train_episodes == {"rledit": 7, "mend": 7}  # rledit-published keeps its 1

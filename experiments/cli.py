@@ -6,6 +6,7 @@ rledit benchmark --model tinyworld --schedule 20x10 --agents rledit,mend,noedit 
 rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --tensorboard runs
 rledit train --agent rledit --train-episodes 40 --checkpoint rledit.safetensors
 rledit evaluate --agent rledit --checkpoint rledit.safetensors --schedule 20x10
+rledit report results/smollm2-counterfact     tables and plots again from a results folder (a partial one too)
 rledit list                                   agents, models and ready configurations
 rledit data list                              the named datasets: packaged samples and downloadable files
 rledit data download zsre-train zsre-eval     full public files into the cache (resumable, sha256-checked)
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(evaluate, agents=False)
     evaluate.add_argument("--agent", required=True)
     evaluate.add_argument("--checkpoint", required=True)
+    report = sub.add_parser(
+        "report",
+        help="summary.md and plots from a results folder's results.csv (e.g. of an interrupted run)",
+    )
+    report.add_argument("results", help="a results folder (what --out names)")
+    report.add_argument("--out", help="where to write them (default: the results folder)")
+    report.add_argument("--title", help="the summary's title (default: the folder's name)")
     sub.add_parser("list", help="the agents, models and ready configurations")
     data_command.add_parser(sub)
     convert = sub.add_parser(
@@ -219,6 +227,25 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
     return 0
 
 
+def _report(args) -> int:
+    import pandas as pd
+
+    from experiments.report import plot_results, summary_table, write_markdown
+
+    results_dir = Path(args.results)
+    csv = results_dir / "results.csv"
+    if not csv.is_file():
+        raise UsageError(f"no {csv}: name a folder a benchmark wrote its results into")
+    results = pd.read_csv(csv)
+    out = Path(args.out) if args.out else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_markdown(results, out / "summary.md", args.title or results_dir.name)
+    plots = plot_results(results, out, logs_dir=results_dir)
+    print(summary_table(results).to_markdown(index=False))
+    print(f"\n{out / 'summary.md'}, plots: {', '.join(p.name for p in plots)}")
+    return 0
+
+
 def _train(config, args) -> int:
     from experiments.harness import Benchmark, parse_schedule
     from experiments.registry import agent_spec, build_agent, train_or_load
@@ -290,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             return data_command.run(args)
         if args.command == "convert-checkpoint":
             return _convert(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "demo":
             return _run_benchmark(resolve_config(args, "demo-tinyworld.json"), args)
         if args.command == "benchmark":

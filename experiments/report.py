@@ -102,9 +102,9 @@ def _pyplot():
     return plt
 
 
-def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+def plot_results(results: pd.DataFrame, out_dir: Path, logs_dir: Path | None = None) -> list[Path]:
     """Retention curves (eff/gen/spe against the number of edits), time per edit per agent, and the
-    trained agents' learning curves."""
+    trained agents' learning curves (from the training logs in ``logs_dir``, default ``out_dir``)."""
     plt = _pyplot()
     written = [
         _plot_retention(part, f"Lifelong editing, schedule {schedule}", out_dir / f"retention-{schedule}.png")
@@ -123,7 +123,7 @@ def plot_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
-    curves = plot_training(out_dir)
+    curves = plot_training(logs_dir or out_dir, out_dir)
     return written + ([curves] if curves else [])
 
 
@@ -169,13 +169,14 @@ def training_log_name(agent: str, schedule: str, seed: int) -> str:
     return f"training-{agent}-{schedule}-seed{seed}.csv"
 
 
-def plot_training(out_dir: Path, window: int = 5) -> Path | None:
-    """Learning curves of the trained agents (the harness's ``training-<agent>-<schedule>-seed<k>.csv``):
-    training loss per episode and its running mean over ``window`` episodes, one panel per agent (their
-    losses differ in kind: RLEdit's sums a backtracking window, MALMEN's is one step's). None if no
-    agent left a training log."""
+def plot_training(logs_dir: Path, out_dir: Path | None = None, window: int = 5) -> Path | None:
+    """Learning curves of the trained agents (the harness's ``training-<agent>-<schedule>-seed<k>.csv``
+    in ``logs_dir``), as ``training-curves.png`` in ``out_dir`` (default ``logs_dir``): training loss per
+    episode and its running mean over ``window`` episodes, one panel per agent (their losses differ in
+    kind: RLEdit's sums a backtracking window, MALMEN's is one step's). None if no agent left a log."""
+    out_dir = out_dir or logs_dir
     logs: dict[str, list[tuple[str, pd.DataFrame]]] = {}
-    for path in sorted(out_dir.glob("training-*.csv")):
+    for path in sorted(logs_dir.glob("training-*.csv")):
         match = TRAINING_LOG.fullmatch(path.name)
         if match is None:
             continue

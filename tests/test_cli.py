@@ -199,6 +199,13 @@ def test_demo_runs_every_agent_of_its_configuration_and_prints_the_table(tmp_pat
         f"training-{a}-2x3-seed0.csv" for a in ("rledit", "malmen", "mend")
     }
     assert (tmp_path / "training-curves.png").stat().st_size > 10_000
+    # `rledit report` makes them again from the folder's results, e.g. of an interrupted run
+    again = tmp_path / "again"
+    assert main(["report", str(tmp_path), "--out", str(again), "--title", "again"]) == 0
+    summary = (again / "summary.md").read_text()
+    assert summary.startswith("# again") and "Protocol:" in summary and "| rledit " in summary
+    assert (again / "retention-2x3.png").exists() and (again / "training-curves.png").exists()
+    assert main(["report", str(again / "nowhere")]) == 2
 
 
 def test_the_usage_examples_in_the_help_parse():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -237,15 +238,25 @@ def test_configurations_share_settings_by_extending_one_another(tmp_path):
 @pytest.mark.parametrize("name", ["smollm2-counterfact", "smollm2-zsre", "smollm2-fever"])
 def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name, tmp_path):
     """Each schedule's T x n distinct evaluation edits exist in the evaluation split (ZsRE's 998 usable
-    records, split half and half, would leave 499 for 50 x 10)."""
+    records, split half and half, would leave 499 for 50 x 10), and each trained agent's training
+    sequence in the training split (rledit-published's is as long as the evaluation's by default)."""
     from experiments.harness import Benchmark, BenchmarkConfig, parse_schedule
+    from experiments.registry import agent_settings, agent_spec
 
     config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
     splits = Benchmark(config, tmp_path)._dataset_splits()
     for schedule in config.schedules:
         num_batches, batch_size = parse_schedule(schedule)
         assert num_batches * batch_size <= len(splits["eval"])
-    assert splits["train"]
+        for agent in config.agents:
+            spec = agent_spec(agent)
+            fields = {f.name for f in dataclasses.fields(spec.load().Config)}
+            if not (spec.trainable and spec.train and "train_num_batches" in fields):
+                continue  # trains on whole sequences (RLEdit, SB3), not on single batches (MALMEN, MEND)
+            settings = agent_settings(agent, spec, config.agent_configs.get(agent, {}))
+            train_batches = settings.get("train_num_batches") or num_batches
+            train_size = settings.get("train_batch_size") or batch_size
+            assert train_batches * train_size <= len(splits["train"]), agent
 
 
 def test_train_episodes_flag_leaves_the_published_procedures_one_sequence():

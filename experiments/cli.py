@@ -199,7 +199,7 @@ def _executor(args):
 
 def _run_benchmark(config, args, checkpoints=None) -> int:
     from experiments.harness import Benchmark, CellsFailed
-    from experiments.report import plot_results, summary_table, write_markdown, write_metadata
+    from experiments.report import write_metadata
 
     _check_model(config.model)
     out = Path(args.out or Path("results") / config.name)
@@ -218,32 +218,35 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
             print(f"rledit: {exc}", file=sys.stderr)
             return 1
         write_metadata(dataclasses.asdict(config), out)
-        write_markdown(results, out / "summary.md", f"{config.name}: {config.model}")
-        plots = plot_results(results, out)
-    print(summary_table(results).to_markdown(index=False))
-    print(
-        f"\nresults: {out / 'results.csv'}, {out / 'summary.md'}, plots: {', '.join(p.name for p in plots)}"
-    )
+        _summarise(results, out, f"{config.name}: {config.model}", out)
     return 0
 
 
 def _report(args) -> int:
     import pandas as pd
 
-    from experiments.report import plot_results, summary_table, write_markdown
-
     results_dir = Path(args.results)
     csv = results_dir / "results.csv"
     if not csv.is_file():
         raise UsageError(f"no {csv}: name a folder a benchmark wrote its results into")
-    results = pd.read_csv(csv)
     out = Path(args.out) if args.out else results_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_markdown(results, out / "summary.md", args.title or results_dir.name)
+    _summarise(pd.read_csv(csv), out, args.title or results_dir.name, results_dir)
+    return 0
+
+
+def _summarise(results, out: Path, title: str, results_dir: Path) -> None:
+    """Write summary.md and the plots of ``results`` into ``out`` (the learning curves from the training
+    logs in ``results_dir``), and print the table and what was written."""
+    from experiments.report import plot_results, summary_table, write_markdown
+
+    write_markdown(results, out / "summary.md", title)
     plots = plot_results(results, out, logs_dir=results_dir)
     print(summary_table(results).to_markdown(index=False))
-    print(f"\n{out / 'summary.md'}, plots: {', '.join(p.name for p in plots)}")
-    return 0
+    print(
+        f"\nresults: {results_dir / 'results.csv'}, {out / 'summary.md'}, "
+        f"plots: {', '.join(p.name for p in plots)}"
+    )
 
 
 def _train(config, args) -> int:

@@ -8,9 +8,7 @@ Prints, for the default TinyWorld (and SmolLM2 with ``--model smollm2``):
 (c) a 20 x 10 evaluation episode (final metrics included) of no-edit and of RLEdit's untrained
     hypernetwork, with the reward on and off;
 (d) RLEdit's seconds per 20 x 10 training sequence (the default reward, and one paraphrase and one
-    neighbour per edit) and the peak resident memory of the training process; measured, like the
-    others, with malloc tuned as the command line runs (``rledit_env.allocator``), and one-of-each
-    once more with glibc's defaults;
+    neighbour per edit) and the peak resident memory of the training process;
 (e) (c) and (d) at ``--baseline`` (default: the commit before the reward-off setting existed), checked
     out into a temporary folder and run there by this same script, so each speed-up is a ratio of
     two measurements from one run of this command.
@@ -180,18 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agent", default="noedit", help=argparse.SUPPRESS)
     parser.add_argument("--reward", default="on", help=argparse.SUPPRESS)
     parser.add_argument("--published", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--default-malloc", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:  # inside a measuring subprocess
         import torch
-
-        if not args.default_malloc:
-            try:  # as the command line runs (rledit_env.allocator); the baseline has no such module
-                from rledit_env.allocator import retain_freed_memory
-            except ImportError:
-                pass
-            else:
-                retain_freed_memory()
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         print(json.dumps(MEASURES[args.measure](args)))
@@ -251,18 +240,15 @@ def report(trees: dict[str, Path], args) -> None:
     training = {
         "now default": run(trees["now"], "training", args),
         "now one-of-each": run(trees["now"], "training", args, published=True),
-        "now one-of-each, glibc malloc defaults": run(
-            trees["now"], "training", args, published=True, **{"default-malloc": True}
-        ),
     }
     if "baseline" in trees:
         training["baseline default"] = run(trees["baseline"], "training", args)
     print(f"(d) RLEdit training, {args.sequences} x {args.num_batches} x 10 (median s/sequence; peak RSS):")
     for name, result in training.items():
-        print(f"    {name:38s} {result['seconds_per_sequence']:7.2f} s  {result['peak_rss_mib']:8.0f} MiB")
+        print(f"    {name:17s} {result['seconds_per_sequence']:7.2f} s  {result['peak_rss_mib']:8.0f} MiB")
     if "baseline" in trees:
         base = training["baseline default"]
-        for name in (n for n in training if n.startswith("now")):
+        for name in ("now default", "now one-of-each"):
             speed = training[name]["seconds_per_sequence"] / base["seconds_per_sequence"]
             rss = training[name]["peak_rss_mib"] / base["peak_rss_mib"]
             print(f"(e) {name} / baseline default: {speed:.2f}x time, {rss:.2f}x peak RSS")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from experiments import data_command
 from experiments.lock import ResultsFolderBusy, results_lock
-from rledit_env.allocator import retain_freed_memory
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -310,7 +309,6 @@ def _convert(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    retain_freed_memory()  # fewer page faults in long torch runs (rledit_env.allocator)
     if getattr(args, "quiet", False):
         import transformers
 

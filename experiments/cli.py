@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -264,7 +265,9 @@ def _train(config, args) -> int:
     run = f"{args.agent}-{config.schedules[0]}-seed{config.seeds[0]}"
     settings = {**dataclasses.asdict(config), "agent": args.agent}
     try:
-        agent = build_agent(args.agent, env, config.agent_configs.get(args.agent), config.seeds[0])
+        agent = build_agent(
+            args.agent, env, config.agent_configs.get(args.agent), config.seeds[0], progress=not args.quiet
+        )
         with _tracking(args).run(run, run_group(config.model, bench.dataset_name), settings) as curves:
             agent, _ = train_or_load(
                 agent,
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # its weight-loading bar too
+        os.environ["TQDM_DISABLE"] = "1"  # and bars that bypass it (the GGUF conversion's)
     try:
         if args.command == "list":
             return _list()

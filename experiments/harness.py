@@ -426,7 +426,7 @@ class Benchmark:
         callback: Callback | None = None,
     ):
         """Build the agent; train it (or reuse its checkpoint) when it needs training."""
-        agent = build_agent(name, env, self.config.agent_configs.get(name), seed)
+        agent = build_agent(name, env, self.config.agent_configs.get(name), seed, progress=self.progress)
         if not (spec.trainable and spec.train):
             return agent, 0.0
         if name in self.checkpoints:  # a checkpoint the user gave: used as it is

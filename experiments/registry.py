@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,12 +189,18 @@ def agent_settings(name: str, spec: AgentSpec, overrides: dict[str, Any]) -> dic
     return settings
 
 
-def build_agent(name: str, env, overrides: dict[str, Any] | None = None, seed: int = 0):
+def build_agent(
+    name: str, env, overrides: dict[str, Any] | None = None, seed: int = 0, *, progress: bool = True
+):
     """Agent ``name`` (registered, or ``"package.module:Class"``) bound to ``env``, with its registry
-    defaults, ``overrides`` on top and ``seed``."""
+    defaults, ``overrides`` on top and ``seed``; ``progress`` reaches agents whose construction shows a
+    progress bar (MEMIT's and AlphaEdit's key statistics)."""
     spec = agent_spec(name)
     cls = spec.load()
-    return cls(env, cls.Config(**{**agent_settings(name, spec, overrides or {}), "seed": seed}))
+    config = cls.Config(**{**agent_settings(name, spec, overrides or {}), "seed": seed})
+    if "progress" in inspect.signature(cls).parameters:
+        return cls(env, config, progress=progress)
+    return cls(env, config)
 
 
 def train_or_load(

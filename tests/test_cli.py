@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -267,3 +268,19 @@ def test_train_episodes_flag_leaves_the_published_procedures_one_sequence():
     )
     config = cli.resolve_config(args, None)
     assert config.train_episodes == {"rledit": 7, "mend": 7}  # rledit-published keeps its 1
+
+
+def test_quiet_shows_no_progress_bar_not_even_the_key_statistics(tmp_path, monkeypatch, capfd):
+    from rledit_env.cache import cache_root
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tinyworld").symlink_to(cache_root() / "tinyworld")  # the built models; no statistics yet
+    monkeypatch.setenv("RLEDIT_CACHE", str(cache))
+    try:
+        assert main(["benchmark", *TINY, "--agents", "memit", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        os.environ.pop("TQDM_DISABLE", None)  # -q sets it for the rest of its process
+    assert any((cache / "stats").rglob("*.pt"))  # the statistics were computed here, under -q
+    err = capfd.readouterr().err
+    assert "key statistics" not in err and "it/s" not in err

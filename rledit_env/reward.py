@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rledit_env.editable import EditableModel, Updates, stack_prefixes, stack_rows
+from rledit_env.editable import EditableModel, TargetLogits, Updates, stack_prefixes, stack_rows
 from rledit_env.episode import EncodedEdits
 
 
@@ -132,52 +132,63 @@ class BacktrackingReward:
         """
         cfg = self.config
         window = self.window(t)
-        gen_sets = [self.batches[b].gen for b in window]
         with_loc = [b for b in window if len(self.batches[b].loc)]
-        loc_sets = [self.batches[b].loc for b in with_loc]
-        stacked = stack_rows([s.batch for s in gen_sets] + [s.batch for s in loc_sets])
+        gen_sizes = [len(self.batches[b].gen) for b in window]
+        loc_sizes = [len(self.batches[b].loc) for b in with_loc]
+        stacked = stack_rows(
+            [self.batches[b].gen.batch for b in window] + [self.batches[b].loc.batch for b in with_loc]
+        )
         prefixes = [self._prefix(b, "gen") for b in window] + [self._prefix(b, "loc") for b in with_loc]
         prefix = None if prefixes[0] is None else stack_prefixes(prefixes, stacked.input_ids.shape[1])
         target = self.editable.target_logits(
             stacked, updates if functional else None, packed=True, prefix=prefix
         )
+        # Rows are gen rows batch by batch, then loc rows batch by batch; tokens come in row order, so
+        # each part is a contiguous run and every per-batch figure is one segment sum (few ops: a step's
+        # autograd graph stays small).
         row_nll = target.nll()
-        gen_losses, offset = [], 0
-        for s in gen_sets:
-            gen_losses.append(row_nll[offset : offset + len(s)].mean())
-            offset += len(s)
-        loc_losses: dict[int, torch.Tensor] = {}
-        loc_logprobs: dict[int, torch.Tensor] = {}
-        token_rows = target.rows
-        for b in window:
-            loc = self.batches[b].loc
-            if not len(loc):
-                continue
-            in_batch = (token_rows >= offset) & (token_rows < offset + len(loc))
-            logprobs = torch.log_softmax(target.logits[in_batch], -1)
-            ref = refs[b]
+        num_gen = sum(gen_sizes)
+        gen_losses = _segment_means(row_nll[:num_gen], gen_sizes)
+        loc_losses = row_nll.new_zeros(len(window))  # per window batch; 0 for a batch without loc prompts
+        if with_loc:
+            first = int(torch.searchsorted(target.rows, num_gen))
+            logprobs = torch.log_softmax(target.logits[first:], -1)
+            ref = torch.cat([refs[b] for b in with_loc])
             kl = (ref.exp() * (ref - logprobs)).sum(-1)
-            per_row = torch.zeros(len(loc), device=kl.device).index_add(0, token_rows[in_batch] - offset, kl)
-            counts = torch.bincount(token_rows[in_batch] - offset, minlength=len(loc)).clamp(min=1)
-            loc_losses[b] = (per_row / counts).mean()
-            loc_logprobs[b] = logprobs
-            offset += len(loc)
+            loc = TargetLogits(logprobs, target.labels[first:], target.rows[first:] - num_gen, sum(loc_sizes))
+            positions = torch.tensor([window.index(b) for b in with_loc], device=loc_losses.device)
+            loc_losses = loc_losses.index_put((positions,), _segment_means(loc.per_row_mean(kl), loc_sizes))
+            if commit:
+                tokens = _segment_sums(torch.bincount(loc.rows, minlength=loc.num_rows), loc_sizes)
+                self._loc_refs = dict(zip(with_loc, logprobs.detach().split(tokens.tolist()), strict=True))
+        elif commit:
+            self._loc_refs = {}
         if commit:
-            self._loc_refs = {b: lp.detach() for b, lp in loc_logprobs.items()}
             oldest = t + 2 - cfg.backtrack_depth  # the next step's window starts there
             self._prefixes = {key: p for key, p in self._prefixes.items() if key[0] >= oldest}
+        per_batch = gen_losses + cfg.loc_coef * loc_losses
+        weights = cfg.decay ** torch.arange(len(window), dtype=per_batch.dtype, device=per_batch.device)
         zero = row_nll.new_zeros(())
-        per_batch = [
-            gen + cfg.loc_coef * loc_losses.get(b, zero) for b, gen in zip(window, gen_losses, strict=True)
-        ]
-        weights = [cfg.decay**j for j in range(len(window))]
         reg = sum((d.float().pow(2).sum().to(zero.device) for d in updates.values()), zero)
-        backtrack = sum((w * x for w, x in zip(weights[1:], per_batch[1:], strict=True)), zero)
+        backtrack = (weights[1:] * per_batch[1:]).sum()
         total = per_batch[0] + backtrack + cfg.reg_coef * reg
         return {
             "gen": gen_losses[0],
-            "loc": loc_losses.get(window[0], zero),
+            "loc": loc_losses[0],
             "backtrack": backtrack,
             "reg": reg,
             "total": total,
         }
+
+
+def _segment_sums(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Sums of consecutive runs of ``sizes`` entries of ``values`` -> (len(sizes),)."""
+    segment = torch.repeat_interleave(
+        torch.arange(len(sizes), device=values.device), torch.tensor(sizes, device=values.device)
+    )
+    return values.new_zeros(len(sizes)).index_add(0, segment, values)
+
+
+def _segment_means(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Means of consecutive runs of ``sizes`` entries of ``values`` -> (len(sizes),)."""
+    return _segment_sums(values, sizes) / torch.tensor(sizes, dtype=values.dtype, device=values.device)

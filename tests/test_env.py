@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import gymnasium as gym
@@ -372,6 +373,9 @@ def _naive_terms(env: LifelongEditEnv, t: int, refs: dict) -> tuple[float, float
         for b in range(t, max(t - cfg.backtrack_depth, -1), -1):
             batch = env._batches[b]
             gen = float(env.editable.target_logits(batch.gen.batch).nll().mean())
+            if not len(batch.loc):  # a batch without locality prompts has no locality term
+                per_batch[b] = (gen, 0.0)
+                continue
             target = env.editable.target_logits(batch.loc.batch)
             logprobs = torch.log_softmax(target.logits, -1)
             kl = (refs[b].exp() * (refs[b] - logprobs)).sum(-1)
@@ -385,7 +389,10 @@ def _naive_terms(env: LifelongEditEnv, t: int, refs: dict) -> tuple[float, float
 
 @pytest.mark.parametrize("edit_layer", [0, 1])
 @pytest.mark.parametrize("differentiable", [False, True])
-def test_packed_window_scoring_gives_the_losses_of_one_pass_per_batch_and_kind(differentiable, edit_layer):
+@pytest.mark.parametrize("without_loc", [(), (1,)])
+def test_packed_window_scoring_gives_the_losses_of_one_pass_per_batch_and_kind(
+    differentiable, edit_layer, without_loc
+):
     # edit_layer 1: the reward's passes start at layer 1 from layer 0's cached output (frozen_prefix)
     loaded = tiny_env().editable  # the shared tiny model, restored
     modules = [f"model.layers.{edit_layer}.mlp.gate_proj", f"model.layers.{edit_layer}.mlp.up_proj"]
@@ -399,7 +406,12 @@ def test_packed_window_scoring_gives_the_losses_of_one_pass_per_batch_and_kind(d
         differentiable=differentiable,
     )
     env.editable.tokens_per_pass = 40  # several packed passes, rows regrouped by length
-    obs, _ = env.reset(seed=2)
+    records = [  # batches listed in without_loc carry no locality prompts
+        dataclasses.replace(r, locality_prompts=(), locality_answers=()) if i // 3 in without_loc else r
+        for i, r in enumerate(env.records[:12])
+    ]
+    obs, _ = env.reset(options={"records": records})
+    assert [len(b.loc) == 0 for b in env._batches] == [b in without_loc for b in range(4)]
     for t in range(4):
         with torch.no_grad():
             refs = env._reward.references(t)  # at theta_{t-1}, before the step

@@ -228,3 +228,33 @@ def test_replay_build_knows_every_template(tmp_path):
     config = TinyWorldConfig.tiny().replace(replay_fraction=0.25)
     model, tokenizer, world = load_tinyworld(config, cache_dir=tmp_path, progress=False)
     assert fact_accuracy(model, tokenizer, world)["min_template"] >= config.target_accuracy
+
+
+def test_an_interrupted_build_resumes_to_the_same_model(tmp_path, monkeypatch):
+    whole, _, world = tw_build.load_tinyworld("tiny", progress=False)  # built without interruption
+    config = world.config
+    tokenizer = tw_build.build_tokenizer(world)
+
+    progress = tmp_path / "progress.pt"
+    steps, step = 0, torch.optim.AdamW.step
+
+    def interrupted_after_40(self, *args, **kwargs):
+        nonlocal steps
+        steps += 1
+        if steps > 40:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupted_after_40)
+    with pytest.raises(KeyboardInterrupt):
+        tw_build.train_model(
+            tw_build.build_model(config, tokenizer), tokenizer, world, progress=False,
+            resume_file=progress, checkpoint_seconds=0,
+        )  # fmt: skip
+    monkeypatch.undo()
+    assert progress.exists()
+    resumed = tw_build.build_model(config.replace(seed=config.seed + 1), tokenizer)  # other initial weights
+    result = tw_build.train_model(resumed, tokenizer, world, progress=False, resume_file=progress)
+    assert result["min_template"] >= config.target_accuracy
+    for (name, expected), got in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(expected, got), name

@@ -31,6 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from rledit_env.atomic import atomic_path
 from rledit_env.cache import cache_root, cached_build
 from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
 from rledit_env.tokenization import IGNORE_INDEX, encode_one
@@ -38,6 +39,7 @@ from rledit_env.tokenization import IGNORE_INDEX, encode_one
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 MAX_POSITIONS = 64
 META_FILE = "tinyworld.json"
+CHECKPOINT_SECONDS = 120.0  # how often a build saves its progress (a large world trains for many minutes)
 
 
 def build_tokenizer(world: TinyWorld) -> PreTrainedTokenizerFast:
@@ -219,7 +221,13 @@ def fact_accuracy(model, tokenizer, world: TinyWorld, batch_size: int = 256) -> 
 
 
 def train_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, world: TinyWorld, progress: bool = True
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    world: TinyWorld,
+    progress: bool = True,
+    *,
+    resume_file: pathlib.Path | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict:
     """Pretrain ``model`` on the world's true facts until every template is known; returns the accuracy.
 
@@ -230,6 +238,10 @@ def train_model(
     near the target. With ``replay_fraction`` < 1 each pass over the data revisits only that share of the
     sentences already answered right (and all the others), so compute goes where facts are still
     missing. Raises RuntimeError if ``max_steps`` pass without reaching it.
+
+    With ``resume_file``, the training state (weights, optimiser, schedule, random generator, the pass
+    in progress) is saved there every ``checkpoint_seconds``, and a build that finds the file continues
+    from it: an interrupted build resumes, and ends with the same weights as an uninterrupted one.
     """
     config = world.config
     q = _Queries.build(tokenizer, world)
@@ -260,20 +272,36 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator().manual_seed(config.seed)
     seen_correct = torch.zeros(n, dtype=torch.bool)
+    pending: list[tuple[torch.Tensor, int]] = []  # the current pass's batches still to train on
 
-    def batches() -> Iterator[tuple[torch.Tensor, int]]:
-        while True:
+    def next_batch() -> tuple[torch.Tensor, int]:
+        if not pending:  # a new pass over the data
             order = torch.randperm(n, generator=generator)
             if config.replay_fraction < 1:  # revisit only a share of the rows already answered right
                 revisit = torch.rand(n, generator=generator) < config.replay_fraction
                 order = order[~seen_correct[order] | revisit]
-            yield from q.batches(order, config.batch_size, generator)
+            pending.extend(reversed(q.batches(order, config.batch_size, generator)))
+        return pending.pop()
 
     result: dict | None = None
     history: list[tuple[int, float, float]] = []  # (step, loss, running accuracy), kept in the metadata
-    bar = tqdm(total=config.max_steps, desc=f"TinyWorld {config.arch} pretraining", disable=not progress)
+    first_step = 0
+    state = _TrainingState(model, optimizer, scheduler, generator, seen_correct, pending, history)
+    if resume_file is not None and resume_file.exists():
+        first_step = state.restore(resume_file, config.key())
+    last_save = time.perf_counter()
+    bar = tqdm(
+        total=config.max_steps,
+        initial=first_step,
+        desc=f"TinyWorld {config.arch} pretraining",
+        disable=not progress,
+    )
     with bar:
-        for step, (idx, width) in zip(range(config.max_steps), batches(), strict=False):
+        for step in range(first_step, config.max_steps):
+            if resume_file is not None and time.perf_counter() - last_save >= checkpoint_seconds:
+                state.save(resume_file, config.key(), step)
+                last_save = time.perf_counter()
+            idx, width = next_batch()
             logits = model(
                 input_ids=q.input_ids[idx, :width], attention_mask=q.attention[idx, :width], use_cache=False
             ).logits
@@ -320,6 +348,48 @@ def train_model(
     return result
 
 
+@dataclasses.dataclass
+class _TrainingState:
+    """What ``train_model`` needs to go on exactly as it would have: saved and restored as one file."""
+
+    model: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    seen_correct: torch.Tensor
+    pending: list[tuple[torch.Tensor, int]]  # the current pass's batches still to train on
+    history: list[tuple[int, float, float]]
+
+    def save(self, path: pathlib.Path, key: str, step: int) -> None:
+        state = {
+            "key": key,
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "seen_correct": self.seen_correct,
+            "pending": [(idx, torch.tensor(width)) for idx, width in self.pending],
+            "history": [torch.tensor(h, dtype=torch.float64) for h in self.history],
+        }
+        with atomic_path(path) as tmp:  # a build killed while saving keeps the previous file
+            torch.save(state, tmp)
+
+    def restore(self, path: pathlib.Path, key: str) -> int:
+        """Load ``path`` into the live objects; the step to continue from."""
+        state = torch.load(path, weights_only=True)
+        if state["key"] != key:
+            raise RuntimeError(f"{path} holds the progress of another TinyWorld ({state['key']}); delete it")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.seen_correct.copy_(state["seen_correct"])
+        self.pending[:] = [(idx, int(width)) for idx, width in state["pending"]]
+        self.history[:] = [(int(h[0]), float(h[1]), float(h[2])) for h in state["history"]]
+        return int(state["step"])
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -344,17 +414,27 @@ def _hf_progress(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_tinyworld(config: TinyWorldConfig, folder: pathlib.Path, progress: bool = True) -> dict:
-    """Train the world's tokenizer and model, save them into ``folder`` and return the build record."""
+def build_tinyworld(
+    config: TinyWorldConfig,
+    folder: pathlib.Path,
+    progress: bool = True,
+    resume_file: pathlib.Path | None = None,
+) -> dict:
+    """Train the world's tokenizer and model, save them into ``folder`` and return the build record.
+
+    With ``resume_file`` the pretraining saves its progress there as it goes and continues from it
+    (``train_model``); the file is removed once the model is saved."""
     start = time.perf_counter()
     world = TinyWorld(config)
     tokenizer = build_tokenizer(world)
     model = build_model(config, tokenizer)
     with _torch_threads(config.num_threads):
-        accuracy = train_model(model, tokenizer, world, progress=progress)
+        accuracy = train_model(model, tokenizer, world, progress=progress, resume_file=resume_file)
     with _hf_progress(progress):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+    if resume_file is not None:
+        resume_file.unlink(missing_ok=True)
     return {
         "config": dataclasses.asdict(config),
         "key": config.key(),
@@ -382,8 +462,9 @@ def tinyworld_model_dir(
     """
     config = _resolve(config)
     target = cache_root(cache_dir) / "tinyworld" / config.key()
+    resume = target.parent / f".{target.name}.progress.pt"  # an interrupted build continues from it
     # looked up at call time, so that tests can replace build_tinyworld
-    return cached_build(target, META_FILE, lambda folder: build_tinyworld(config, folder, progress))
+    return cached_build(target, META_FILE, lambda folder: build_tinyworld(config, folder, progress, resume))
 
 
 def load_tinyworld(

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -177,8 +177,11 @@ class HyperNetworkConfig(AgentConfig):
 
     ``update_stats_in_use``: keep folding observed keys and value gradients into the normaliser during
     lifelong use (``act``), as the reference code does; training always updates it.
-    ``train_episodes``: what ``learn()`` trains for when not told.
+    ``train_episodes``: what ``learn()`` trains for when not told (with ``stop_when_flat``: at most).
     ``train_batch_size``: edits per training batch (None: the evaluation environment's batch size).
+    ``stop_when_flat``: k episodes; training stops once the training loss's mean over the last k episodes
+    is less than ``flat_tolerance`` (relative) below its mean over the k before (None: never), so the
+    budget is chosen on the training split by the learning curve itself.
     """
 
     rank: int = 1024
@@ -189,6 +192,21 @@ class HyperNetworkConfig(AgentConfig):
     update_stats_in_use: bool = True
     train_episodes: int = 100
     train_batch_size: int | None = None
+    stop_when_flat: int | None = None
+    flat_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.stop_when_flat is not None and self.stop_when_flat < 1:
+            raise ValueError(f"stop_when_flat must be None or >= 1 episodes, got {self.stop_when_flat}")
+
+
+def learning_curve_is_flat(losses: Sequence[float], k: int, tolerance: float) -> bool:
+    """Whether the mean of the last k losses is less than ``tolerance`` (relative) below the mean of
+    the k before; False until there are 2k."""
+    if len(losses) < 2 * k:
+        return False
+    recent, before = sum(losses[-k:]) / k, sum(losses[-2 * k : -k]) / k
+    return before - recent < tolerance * abs(before)
 
 
 @dataclasses.dataclass
@@ -343,7 +361,11 @@ class HyperNetworkEditor(EditAgent):
         }
         self.training_log.append(logs)
         self.episodes_trained += 1
-        return callback.on_episode_end(self, logs["episode"], logs) is not False
+        if callback.on_episode_end(self, logs["episode"], logs) is False:
+            return False
+        k = self.config.stop_when_flat
+        losses = [log["loss"] for log in self.training_log]
+        return k is None or not learning_curve_is_flat(losses, k, self.config.flat_tolerance)
 
     # ------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

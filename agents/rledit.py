@@ -56,6 +56,7 @@ class RLEditConfig(HyperNetworkConfig):
     reward: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.update_unit not in UPDATE_UNITS:
             raise ValueError(f"update_unit must be one of {UPDATE_UNITS}, got {self.update_unit!r}")
         if self.update_every < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -25,7 +26,7 @@ from agents import (
     run_episode,
 )
 from agents.checkpoint import read_checkpoint, write_checkpoint
-from agents.hypernetwork import HyperNetwork, RunningNorm
+from agents.hypernetwork import HyperNetwork, RunningNorm, learning_curve_is_flat
 from rledit_env import EditableModel, LifelongEditEnv
 from rledit_env.models import LoadedModel
 
@@ -152,6 +153,30 @@ def test_training_leaves_the_model_unchanged_and_logs_and_stops_on_request(name)
     assert all(math.isfinite(e["loss"]) and e["grad_norm"] > 0 for e in agent.training_log)
     after = model_state(env)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_learning_curve_is_flat_when_the_last_k_losses_stopped_falling():
+    assert not learning_curve_is_flat([5.0, 4.0, 3.0], k=2, tolerance=0.01)  # fewer than 2k losses
+    assert not learning_curve_is_flat([5.0, 4.0, 3.0, 2.0], k=2, tolerance=0.01)  # 4.5 -> 2.5
+    assert learning_curve_is_flat([3.0, 2.0, 2.6, 2.4], k=2, tolerance=0.01)  # 2.5 -> 2.5
+    assert learning_curve_is_flat([3.0, 2.0, 2.0, 2.95], k=2, tolerance=0.01)  # rising: flat too
+    assert not learning_curve_is_flat([3.0, 2.0, 2.0, 2.4], k=2, tolerance=0.01)  # 2.5 -> 2.2: -12%
+    assert learning_curve_is_flat([3.0, 2.0, 2.0, 2.4], k=2, tolerance=0.2)  # less than 20% is flat
+
+
+@pytest.mark.parametrize("name", ["malmen", "rledit"])
+def test_training_stops_when_its_learning_curve_is_flat(name):
+    cls, config = AGENTS[name]
+    env = tiny_env(action_type=cls.action_type)
+    # a tolerance no loss can fall by (-100%) makes the curve flat as soon as there are 2k episodes
+    agent = cls(env, dataclasses.replace(config(), stop_when_flat=2, flat_tolerance=1.5))
+    agent.learn(10, progress_bar=False)
+    assert len(agent.training_log) == 4
+    agent = cls(env, dataclasses.replace(config(), stop_when_flat=2, flat_tolerance=-10.0))  # never flat
+    agent.learn(5, progress_bar=False)
+    assert len(agent.training_log) == 5
+    with pytest.raises(ValueError, match="stop_when_flat"):
+        cls.Config(stop_when_flat=0)
 
 
 def test_malmen_values_are_zero_on_padding_and_the_normaliser_counts_real_tokens():

@@ -26,6 +26,7 @@ from experiments import data_command
 from experiments.lock import ResultsFolderBusy, results_lock
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+_PROBE_SETTINGS = {"auto": "auto", "on": {}, "off": None}  # --general-probe -> BenchmarkConfig.general_probe
 
 
 class UsageError(ValueError):
@@ -71,6 +72,12 @@ def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--train-episodes", type=int, help="training episodes for every trainable agent")
     p.add_argument("--metrics-every", type=int, help="evaluation points along the sequence, every k steps")
+    p.add_argument(
+        "--general-probe",
+        choices=sorted(_PROBE_SETTINGS),
+        help="the general-ability probe before and after each sequence (auto, the default: on for real "
+        "models, off on TinyWorld)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--device-map",
@@ -155,6 +162,8 @@ def resolve_config(args: argparse.Namespace, default_config: str | None):
         "dtype": args.dtype,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if getattr(args, "general_probe", None) is not None:  # "off" is None, so not among the overrides
+        config.general_probe = _PROBE_SETTINGS[args.general_probe]
     if args.train_episodes is not None:
         from experiments.registry import agent_spec
 

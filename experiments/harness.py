@@ -71,6 +71,11 @@ class CellsFailed(RuntimeError):
         self.cells = cells
 
 
+# The general-ability probe a real model gets unless a configuration says otherwise: the smollm2-*
+# configurations' size, which on a CPU costs SmolLM2 minutes, not the tens of minutes of the probe's defaults.
+AUTO_PROBE = {"max_examples": 20, "shots": 2}
+
+
 @dataclass
 class BenchmarkConfig:
     """One benchmark: a model, its edits, the T x n schedules, the agents and the seeds.
@@ -93,12 +98,19 @@ class BenchmarkConfig:
     agent_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-agent config overrides
     env: dict[str, Any] = field(default_factory=dict)  # LifelongEditEnv overrides (reward settings, ...)
     metrics_every: int = 5
-    # rledit_env.general_probe.GeneralProbeConfig settings ({} for its defaults); None: no probe
-    general_probe: dict[str, Any] | None = None
+    # rledit_env.general_probe.GeneralProbeConfig settings ({} for its defaults); None: no probe; "auto":
+    # AUTO_PROBE on a real model, none on TinyWorld (a made-up world's model has never read English tasks)
+    general_probe: dict[str, Any] | str | None = "auto"
     edit_modules: str | list[str] | None = None
     device: str | None = None
     device_map: str | dict[str, Any] | None = None  # "auto": accelerate spreads a big model over devices
     dtype: str | None = None
+
+    def probe_settings(self) -> dict[str, Any] | None:
+        """The general-ability probe's settings for this model (None: no probe); resolves "auto"."""
+        if self.general_probe == "auto":
+            return None if self.model.startswith("tinyworld") else dict(AUTO_PROBE)
+        return self.general_probe
 
     @classmethod
     def from_file(cls, path: str | Path) -> BenchmarkConfig:
@@ -125,8 +137,11 @@ class BenchmarkConfig:
             raise ValueError("seeds is empty")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.general_probe is not None:
-            GeneralProbeConfig(**self.general_probe)
+        if isinstance(self.general_probe, str) and self.general_probe != "auto":
+            raise ValueError(f"general_probe must be a dict, None or 'auto', got {self.general_probe!r}")
+        probe = self.probe_settings()
+        if probe is not None:
+            GeneralProbeConfig(**probe)
         from rledit_env.datasets import resolve_dataset
 
         for dataset in (self.dataset, self.train_dataset):
@@ -405,9 +420,10 @@ class Benchmark:
     def _general_probe(self, editable: EditableModel, *, before: bool) -> dict[str, Any]:
         """The general-ability probe's columns: ``<task>_before`` (the unedited model, scored once per
         benchmark) or ``<task>`` after the sequence with its wall time ``probe_time_s``; {} when off."""
-        if self.config.general_probe is None:
+        settings = self.config.probe_settings()
+        if settings is None:
             return {}
-        config = GeneralProbeConfig(**self.config.general_probe)
+        config = GeneralProbeConfig(**settings)
         if before:
             if self._probe_before is None:
                 self._probe_before = probe_general(editable, config)

@@ -11,7 +11,7 @@ import pytest
 from helpers import _loaded, data_file
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
-from experiments.harness import Benchmark, BenchmarkConfig
+from experiments.harness import AUTO_PROBE, Benchmark, BenchmarkConfig
 from rledit_env import general_probe
 from rledit_env.general_probe import (
     COLUMNS,
@@ -107,6 +107,27 @@ def test_probe_settings_are_checked():
         BenchmarkConfig(general_probe={"max_exmples": 3}).validate()
 
 
+def test_the_probe_is_on_by_default_for_real_models_and_can_be_set_from_the_command_line():
+    from experiments.cli import build_parser, resolve_config
+
+    assert BenchmarkConfig(model="smollm2").probe_settings() == AUTO_PROBE  # "auto" on a real model
+    assert BenchmarkConfig(model="meta-llama/Meta-Llama-3-8B").probe_settings() == AUTO_PROBE
+    assert BenchmarkConfig(model="tinyworld-large").probe_settings() is None
+    assert BenchmarkConfig(model="tinyworld", general_probe={"shots": 1}).probe_settings() == {"shots": 1}
+    with pytest.raises(ValueError, match="'auto'"):
+        BenchmarkConfig(general_probe="on").validate()
+
+    def settings(*argv: str):
+        return resolve_config(build_parser().parse_args(["benchmark", *argv]), None).probe_settings()
+
+    assert settings("--model", "smollm2") == AUTO_PROBE
+    assert settings("--model", "smollm2", "--general-probe", "off") is None
+    assert settings("--model", "tinyworld") is None
+    assert settings("--model", "tinyworld", "--general-probe", "on") == {}
+    assert settings("--config", "smollm2-counterfact") == {"max_examples": 20, "shots": 2}
+    assert settings("--config", "smollm2-counterfact", "--general-probe", "off") is None
+
+
 def test_benchmark_rows_carry_the_probe_before_and_after(tmp_path):
     config = BenchmarkConfig(
         model="tinyworld-tiny",
@@ -127,9 +148,10 @@ def test_benchmark_rows_carry_the_probe_before_and_after(tmp_path):
     assert "glue_sst2" in (tmp_path / "results.csv").read_text().splitlines()[0]
 
 
-def test_probe_is_on_for_smollm2_configurations_and_off_for_tinyworld():
+def test_probe_is_on_for_real_model_configurations_and_off_for_tinyworld():
     for path in CONFIGS.glob("*.json"):
         if path.stem == "models":  # the model table, not a benchmark
             continue
         config = BenchmarkConfig.from_file(path)
-        assert (config.general_probe is not None) == (config.model == "smollm2"), path.name
+        on = config.probe_settings() is not None
+        assert on == (not config.model.startswith("tinyworld")), path.name

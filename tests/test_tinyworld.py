@@ -230,10 +230,14 @@ def test_replay_build_knows_every_template(tmp_path):
     assert fact_accuracy(model, tokenizer, world)["min_template"] >= config.target_accuracy
 
 
+@pytest.mark.slow  # two builds of the tiny world's model
 def test_an_interrupted_build_resumes_to_the_same_model(tmp_path, monkeypatch):
-    whole, _, world = tw_build.load_tinyworld("tiny", progress=False)  # built without interruption
-    config = world.config
+    # the uninterrupted build, here (the cached model may come from another thread count: other sums)
+    config = TinyWorldConfig.tiny()
+    world = TinyWorld(config)
     tokenizer = tw_build.build_tokenizer(world)
+    whole = tw_build.build_model(config, tokenizer)
+    tw_build.train_model(whole, tokenizer, world, progress=False)
 
     progress = tmp_path / "progress.pt"
     steps, step = 0, torch.optim.AdamW.step

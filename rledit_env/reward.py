@@ -150,6 +150,7 @@ class BacktrackingReward:
         num_gen = sum(gen_sizes)
         gen_losses = _segment_means(row_nll[:num_gen], gen_sizes)
         loc_losses = row_nll.new_zeros(len(window))  # per window batch; 0 for a batch without loc prompts
+        loc_logprobs: dict[int, torch.Tensor] = {}  # per batch with loc prompts: the next step's references
         if with_loc:
             first = int(torch.searchsorted(target.rows, num_gen))
             logprobs = torch.log_softmax(target.logits[first:], -1)
@@ -158,12 +159,10 @@ class BacktrackingReward:
             loc = TargetLogits(logprobs, target.labels[first:], target.rows[first:] - num_gen, sum(loc_sizes))
             positions = torch.tensor([window.index(b) for b in with_loc], device=loc_losses.device)
             loc_losses = loc_losses.index_put((positions,), _segment_means(loc.per_row_mean(kl), loc_sizes))
-            if commit:
-                tokens = _segment_sums(torch.bincount(loc.rows, minlength=loc.num_rows), loc_sizes)
-                self._loc_refs = dict(zip(with_loc, logprobs.detach().split(tokens.tolist()), strict=True))
-        elif commit:
-            self._loc_refs = {}
+            tokens = _segment_sums(torch.bincount(loc.rows, minlength=loc.num_rows), loc_sizes)
+            loc_logprobs = dict(zip(with_loc, logprobs.detach().split(tokens.tolist()), strict=True))
         if commit:
+            self._loc_refs = loc_logprobs
             oldest = t + 2 - cfg.backtrack_depth  # the next step's window starts there
             self._prefixes = {key: p for key, p in self._prefixes.items() if key[0] >= oldest}
         per_batch = gen_losses + cfg.loc_coef * loc_losses

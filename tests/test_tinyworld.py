@@ -230,15 +230,26 @@ def test_replay_build_knows_every_template(tmp_path):
     assert fact_accuracy(model, tokenizer, world)["min_template"] >= config.target_accuracy
 
 
-@pytest.mark.slow  # two builds of the tiny world's model
-def test_an_interrupted_build_resumes_to_the_same_model(tmp_path, monkeypatch):
-    # the uninterrupted build, here (the cached model may come from another thread count: other sums)
+@pytest.fixture(scope="module")
+def uninterrupted_tiny_build():
+    """(config, world, tokenizer, model) of a tiny build trained here without a stop (the cached model
+    may come from another thread count: other sums)."""
     config = TinyWorldConfig.tiny()
     world = TinyWorld(config)
     tokenizer = tw_build.build_tokenizer(world)
     whole = tw_build.build_model(config, tokenizer)
-    tw_build.train_model(whole, tokenizer, world, progress=False)
+    result = tw_build.train_model(whole, tokenizer, world, progress=False)
+    return config, world, tokenizer, whole, result["steps"]
 
+
+def _assert_same_weights(expected: torch.nn.Module, got: torch.nn.Module) -> None:
+    for (name, want), have in zip(expected.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.equal(want, have), name
+
+
+@pytest.mark.slow  # two builds of the tiny world's model
+def test_an_interrupted_build_resumes_to_the_same_model(tmp_path, monkeypatch, uninterrupted_tiny_build):
+    config, world, tokenizer, whole, _ = uninterrupted_tiny_build
     progress = tmp_path / "progress.pt"
     steps, step = 0, torch.optim.AdamW.step
 
@@ -260,5 +271,19 @@ def test_an_interrupted_build_resumes_to_the_same_model(tmp_path, monkeypatch):
     resumed = tw_build.build_model(config.replace(seed=config.seed + 1), tokenizer)  # other initial weights
     result = tw_build.train_model(resumed, tokenizer, world, progress=False, resume_file=progress)
     assert result["min_template"] >= config.target_accuracy
-    for (name, expected), got in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(expected, got), name
+    _assert_same_weights(whole, resumed)
+
+
+@pytest.mark.slow
+def test_a_build_stopped_at_its_cap_continues_once_the_cap_is_raised(tmp_path, uninterrupted_tiny_build):
+    config, world, tokenizer, whole, steps = uninterrupted_tiny_build
+    capped = config.replace(max_steps=steps // 2)
+    assert capped.key() != config.key() and capped.progress_key() == config.progress_key()
+    progress = tmp_path / "progress.pt"
+    model = tw_build.build_model(config, tokenizer)
+    with pytest.raises(RuntimeError, match="raise max_steps"):
+        tw_build.train_model(model, tokenizer, TinyWorld(capped), progress=False, resume_file=progress)
+    assert torch.load(progress, weights_only=True)["step"] == steps // 2  # saved at the cap, not before
+    result = tw_build.train_model(model, tokenizer, world, progress=False, resume_file=progress)
+    assert result["steps"] == steps
+    _assert_same_weights(whole, model)

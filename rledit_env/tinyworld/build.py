@@ -288,7 +288,7 @@ def train_model(
     first_step = 0
     state = _TrainingState(model, optimizer, scheduler, generator, seen_correct, pending, history)
     if resume_file is not None and resume_file.exists():
-        first_step = state.restore(resume_file, config.key())
+        first_step = state.restore(resume_file, config.progress_key())
     last_save = time.perf_counter()
     bar = tqdm(
         total=config.max_steps,
@@ -299,7 +299,7 @@ def train_model(
     with bar:
         for step in range(first_step, config.max_steps):
             if resume_file is not None and time.perf_counter() - last_save >= checkpoint_seconds:
-                state.save(resume_file, config.key(), step)
+                state.save(resume_file, config.progress_key(), step)
                 last_save = time.perf_counter()
             idx, width = next_batch()
             logits = model(
@@ -339,11 +339,14 @@ def train_model(
                     seen_correct.copy_(correct)
     model.eval()
     if result is None:
+        if resume_file is not None:  # a raised max_steps continues from here
+            state.save(resume_file, config.progress_key(), config.max_steps)
         final = _accuracy(model, q, world, batch_size=256)
         raise RuntimeError(
             f"TinyWorld model did not reach {config.target_accuracy:.1%} accuracy on every template within "
             f"{config.max_steps} steps (overall {final['overall']:.2%}, worst template "
-            f"{final['min_template']:.2%}); raise max_steps or the model size"
+            f"{final['min_template']:.2%}); raise max_steps (the build continues from where it stopped) "
+            "or the model size"
         )
     return result
 
@@ -462,7 +465,8 @@ def tinyworld_model_dir(
     """
     config = _resolve(config)
     target = cache_root(cache_dir) / "tinyworld" / config.key()
-    resume = target.parent / f".{target.name}.progress.pt"  # an interrupted build continues from it
+    # an interrupted build continues from it; named without max_steps, which a failed build may raise
+    resume = target.parent / f".{config.progress_key()}.progress.pt"
     # looked up at call time, so that tests can replace build_tinyworld
     return cached_build(target, META_FILE, lambda folder: build_tinyworld(config, folder, progress, resume))
 

@@ -220,7 +220,7 @@ class TinyWorldConfig:
             num_entities=1200, num_templates=3, num_paraphrases=2, eval_subject_fraction=0.68,
             neighbour_subject_fraction=0.13, split_neighbours=True, vocab_size=4096, hidden_size=256,
             num_layers=8, num_heads=4, intermediate_size=1024, learning_rate=1e-3, batch_size=128,
-            warmup_steps=100, schedule_steps=2500, max_steps=6000, eval_every=100, target_accuracy=0.99,
+            warmup_steps=100, schedule_steps=5000, max_steps=16000, eval_every=100, target_accuracy=0.99,
             replay_fraction=0.25,
         )  # fmt: skip
 
@@ -241,11 +241,18 @@ class TinyWorldConfig:
 
     def key(self) -> str:
         """A short stable hash of this config and of the relation table (so editing it invalidates caches)."""
+        return self._hash(exclude=("num_threads",))
+
+    def progress_key(self) -> str:
+        """``key`` without ``max_steps``: the cap decides only whether a build fails, never its weights,
+        so a build stopped at the cap continues from its saved progress once the cap is raised."""
+        return self._hash(exclude=("num_threads", "max_steps"))
+
+    def _hash(self, exclude: tuple[str, ...]) -> str:
         payload = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name != "num_threads"
-            and not (f.name in _LATER_FIELDS and getattr(self, f.name) == f.default)
+            if f.name not in exclude and not (f.name in _LATER_FIELDS and getattr(self, f.name) == f.default)
         }
         payload["_tables"] = [_RELATIONS, sorted(_PLAIN_VALUES.items()), sorted(_MADE_UP_SUFFIX.items())]
         payload["_format"] = 2  # bump when the world generator or training recipe changes

@@ -260,6 +260,34 @@ def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name
             assert train_batches * train_size <= len(splits["train"]), agent
 
 
+@pytest.mark.parametrize("name", ["tinyworld-large-100x20", "tinyworld-large-400x20"])
+def test_large_world_configurations_fit_its_splits(name):
+    """The same for the paper's schedules on TinyWorld-large, from the world's records alone (its model
+    takes half an hour to build): 8,000 evaluation edits for 400 x 20, and every whole-sequence trainer's
+    sequence within the 2,280 training edits (rledit-published's default, the evaluation's 400 batches,
+    would need 8,000)."""
+    from experiments.harness import BenchmarkConfig, parse_schedule
+    from experiments.registry import agent_settings, agent_spec
+    from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
+
+    config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
+    config.validate()
+    world = TinyWorld(TinyWorldConfig.named(config.model.removeprefix("tinyworld-")))
+    train, evals = world.edit_records("train"), world.edit_records("eval")
+    assert set(config.agents) >= {"rledit", "rledit-published", "rledit-untrained", "malmen", "mend",
+                                  "finetune", "noedit", "memit", "alphaedit", "ultraedit"}  # fmt: skip
+    for schedule in config.schedules:
+        num_batches, batch_size = parse_schedule(schedule)
+        assert num_batches * batch_size <= len(evals)
+        for agent in config.agents:
+            spec = agent_spec(agent)
+            if not (spec.trainable and spec.train and agent.startswith("rledit")):
+                continue  # trains on single batches (MALMEN, MEND) or not at all
+            settings = agent_settings(agent, spec, config.agent_configs.get(agent, {}))
+            train_batches = settings.get("train_num_batches") or num_batches
+            assert train_batches * batch_size <= len(train), agent
+
+
 def test_train_episodes_flag_leaves_the_published_procedures_one_sequence():
     from experiments import cli
 

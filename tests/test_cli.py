@@ -236,19 +236,16 @@ def test_configurations_share_settings_by_extending_one_another(tmp_path):
         BenchmarkConfig.from_file(tmp_path / "c.json")
 
 
-@pytest.mark.parametrize("name", ["smollm2-counterfact", "smollm2-zsre", "smollm2-fever"])
-def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name, tmp_path):
-    """Each schedule's T x n distinct evaluation edits exist in the evaluation split (ZsRE's 998 usable
-    records, split half and half, would leave 499 for 50 x 10), and each trained agent's training
-    sequence in the training split (rledit-published's is as long as the evaluation's by default)."""
-    from experiments.harness import Benchmark, BenchmarkConfig, parse_schedule
+def _assert_schedules_fit(config, num_train: int, num_eval: int) -> None:
+    """Each schedule's T x n distinct evaluation edits exist in the evaluation split, and each trained
+    agent's training sequence in the training split (rledit-published's is as long as the evaluation's
+    by default)."""
+    from experiments.harness import parse_schedule
     from experiments.registry import agent_settings, agent_spec
 
-    config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
-    splits = Benchmark(config, tmp_path)._dataset_splits()
     for schedule in config.schedules:
         num_batches, batch_size = parse_schedule(schedule)
-        assert num_batches * batch_size <= len(splits["eval"])
+        assert num_batches * batch_size <= num_eval
         for agent in config.agents:
             spec = agent_spec(agent)
             fields = {f.name for f in dataclasses.fields(spec.load().Config)}
@@ -257,35 +254,35 @@ def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name
             settings = agent_settings(agent, spec, config.agent_configs.get(agent, {}))
             train_batches = settings.get("train_num_batches") or num_batches
             train_size = settings.get("train_batch_size") or batch_size
-            assert train_batches * train_size <= len(splits["train"]), agent
+            assert train_batches * train_size <= num_train, agent
+
+
+@pytest.mark.parametrize("name", ["smollm2-counterfact", "smollm2-zsre", "smollm2-fever"])
+def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name, tmp_path):
+    """The schedules and training sequences fit the splits (ZsRE's 998 usable records, split half and
+    half, would leave 499 for 50 x 10)."""
+    from experiments.harness import Benchmark, BenchmarkConfig
+
+    config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
+    splits = Benchmark(config, tmp_path)._dataset_splits()
+    _assert_schedules_fit(config, len(splits["train"]), len(splits["eval"]))
 
 
 @pytest.mark.parametrize("name", ["tinyworld-large-100x20", "tinyworld-large-400x20"])
 def test_large_world_configurations_fit_its_splits(name):
     """The same for the paper's schedules on TinyWorld-large, from the world's records alone (its model
-    takes half an hour to build): 8,000 evaluation edits for 400 x 20, and every whole-sequence trainer's
+    takes over an hour to build): 8,000 evaluation edits for 400 x 20, and every whole-sequence trainer's
     sequence within the 2,280 training edits (rledit-published's default, the evaluation's 400 batches,
     would need 8,000)."""
-    from experiments.harness import BenchmarkConfig, parse_schedule
-    from experiments.registry import agent_settings, agent_spec
+    from experiments.harness import BenchmarkConfig
     from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
 
     config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
     config.validate()
     world = TinyWorld(TinyWorldConfig.named(config.model.removeprefix("tinyworld-")))
-    train, evals = world.edit_records("train"), world.edit_records("eval")
     assert set(config.agents) >= {"rledit", "rledit-published", "rledit-untrained", "malmen", "mend",
                                   "finetune", "noedit", "memit", "alphaedit", "ultraedit"}  # fmt: skip
-    for schedule in config.schedules:
-        num_batches, batch_size = parse_schedule(schedule)
-        assert num_batches * batch_size <= len(evals)
-        for agent in config.agents:
-            spec = agent_spec(agent)
-            if not (spec.trainable and spec.train and agent.startswith("rledit")):
-                continue  # trains on single batches (MALMEN, MEND) or not at all
-            settings = agent_settings(agent, spec, config.agent_configs.get(agent, {}))
-            train_batches = settings.get("train_num_batches") or num_batches
-            assert train_batches * batch_size <= len(train), agent
+    _assert_schedules_fit(config, len(world.edit_records("train")), len(world.edit_records("eval")))
 
 
 def test_train_episodes_flag_leaves_the_published_procedures_one_sequence():

@@ -232,8 +232,8 @@ def test_replay_build_knows_every_template(tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted_tiny_build():
-    """(config, world, tokenizer, model) of a tiny build trained here without a stop (the cached model
-    may come from another thread count: other sums)."""
+    """(config, world, tokenizer, model, steps) of a tiny build trained here without a stop (the cached
+    model may come from another thread count: other sums)."""
     config = TinyWorldConfig.tiny()
     world = TinyWorld(config)
     tokenizer = tw_build.build_tokenizer(world)

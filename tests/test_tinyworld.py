@@ -230,6 +230,45 @@ def test_replay_build_knows_every_template(tmp_path):
     assert fact_accuracy(model, tokenizer, world)["min_template"] >= config.target_accuracy
 
 
+def test_learning_rate_schedule_with_and_without_the_final_anneal():
+    large = TinyWorldConfig.large()  # warmup 100, cosine to 10% by 5,000, bf16 until 16,000, anneal 4,000
+    factors = {
+        step: tw_build.lr_factor(large, step) for step in (0, 99, 5000, 15999, 16000, 18000, 20000, 25000)
+    }
+    assert factors[0] == pytest.approx(0.01) and factors[99] == pytest.approx(1.0)
+    assert factors[5000] == factors[15999] == pytest.approx(0.1)
+    assert factors[16000] == pytest.approx(0.1) and factors[18000] == pytest.approx(0.055)
+    assert factors[20000] == factors[25000] == pytest.approx(0.01)
+    flat = large.replace(anneal_steps=0)
+    assert tw_build.lr_factor(flat, 25000) == pytest.approx(0.1)
+
+
+def test_bf16_phase_then_fp32_with_scheduled_checks(monkeypatch):
+    # bf16 autocast for the first bf16_steps steps only; after them a full check every check_every steps
+    # even while the running figures are far below the trigger (an unreachable target keeps it silent)
+    config = TinyWorldConfig.tiny().replace(bf16_steps=50, check_every=50, max_steps=150, target_accuracy=1.5)
+    world = TinyWorld(config)
+    tokenizer = tw_build.build_tokenizer(world)
+    model = tw_build.build_model(config, tokenizer)
+    autocast_on: list[bool] = []  # one per training forward pass (the checks run in eval mode)
+    model.register_forward_hook(
+        lambda module, *_: autocast_on.append(torch.is_autocast_enabled("cpu")) if module.training else None
+    )
+    checks_after: list[int] = []  # training steps done when each full check began
+    real_check = tw_build._correct_rows
+
+    def counted_check(*args, **kwargs):
+        checks_after.append(len(autocast_on))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(tw_build, "_correct_rows", counted_check)
+    with pytest.raises(RuntimeError, match="within 150 steps"):
+        tw_build.train_model(model, tokenizer, world, progress=False)
+    assert autocast_on == [True] * 50 + [False] * 100
+    assert checks_after == [100, 150, 150]  # the scheduled ones, then the failed build's final accuracy
+    assert next(model.parameters()).dtype == torch.float32
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_tiny_build():
     """(config, world, tokenizer, model, steps) of a tiny build trained here without a stop (the cached

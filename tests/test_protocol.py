@@ -27,8 +27,8 @@ def large_world() -> TinyWorld:
 
 
 def test_published_worlds_keep_their_cache_keys():
-    # The settings added since (split_neighbours, replay_fraction, bf16_steps, check_every) must not
-    # reach the hash at their defaults, or every cached default/tiny model would be rebuilt.
+    # The settings added since (split_neighbours, replay_fraction, bf16_steps, check_every, anneal_steps)
+    # must not reach the hash at their defaults, or every cached default/tiny model would be rebuilt.
     keys = {
         name: TinyWorldConfig.named(name).key() for name in ("default", "tiny", "default-gpt2", "tiny-gpt2")
     }
@@ -42,6 +42,9 @@ def test_published_worlds_keep_their_cache_keys():
     assert TinyWorldConfig.tiny().replace(replay_fraction=0.5).key() != keys["tiny"]
     assert TinyWorldConfig.tiny().replace(bf16_steps=25).key() != keys["tiny"]
     assert TinyWorldConfig.tiny().replace(check_every=25).key() != keys["tiny"]
+    assert TinyWorldConfig.tiny().replace(anneal_steps=100).key() != keys["tiny"]
+    with pytest.raises(ValueError, match="anneal_steps"):
+        TinyWorldConfig.tiny().replace(anneal_steps=-1)
     with pytest.raises(ValueError, match="multiple of eval_every"):
         TinyWorldConfig.tiny().replace(bf16_steps=30)  # phases change at the running-figure boundaries
 

@@ -211,6 +211,8 @@ class TinyWorldConfig:
         for name in ("bf16_steps", "check_every"):
             if getattr(self, name) < 0 or getattr(self, name) % self.eval_every:
                 raise ValueError(f"{name} must be a non-negative multiple of eval_every ({self.eval_every})")
+        if self.anneal_steps < 0:
+            raise ValueError(f"anneal_steps must be non-negative, got {self.anneal_steps}")
         if self.eval_subject_fraction + self.neighbour_subject_fraction >= 1:
             raise ValueError("eval_subject_fraction + neighbour_subject_fraction must leave train subjects")
 

@@ -18,6 +18,8 @@ from rledit_env.atomic import write_text_atomic
 from rledit_env.general_probe import COLUMNS as PROBE_COLUMNS
 
 METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "spe_agree", "ppl"]
+# mean seconds over seeds: editing per edit, the agent's training, the whole run (retention evaluations too)
+TIMES = ["time_per_edit_s", "train_time_s", "wall_time_s"]
 PROBE_NOTE = (
     " glue_*/mmlu: few-shot label-word accuracy of the general-ability probe after the sequence "
     "(rledit_env.general_probe); results.csv also holds the unedited model's as *_before."
@@ -28,13 +30,12 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per (agent, model, dataset, schedule): final metrics as mean (and std over seeds)."""
     final = results[results["final"].astype(bool)]
     keys = ["agent", "model", "dataset", "schedule"]
-    metrics = [m for m in METRICS + PROBE_COLUMNS if m in final.columns] + ["time_per_edit_s"]
-    grouped = final.groupby(keys, sort=False)[metrics]
+    metrics = [m for m in METRICS + PROBE_COLUMNS if m in final.columns]
+    times = [t for t in TIMES if t in final.columns]
+    grouped = final.groupby(keys, sort=False)[metrics + times]
     mean, std, seeds = grouped.mean(), grouped.std(), grouped.size()
     table = pd.DataFrame(index=mean.index)
     for m in metrics:
-        if m == "time_per_edit_s":
-            continue
         table[m] = [_cell(a, b, seeds.loc[i]) for i, a, b in zip(mean.index, mean[m], std[m], strict=True)]
     table["ms_per_edit"] = (1000 * mean["time_per_edit_s"]).round(2)
     if "rledit" in mean.index.get_level_values("agent"):
@@ -44,6 +45,9 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
             ref = rledit.get(idx[1:])
             ratios.append(round(t / ref, 2) if ref else float("nan"))
         table["time_vs_rledit"] = ratios
+    for column, name in (("train_time_s", "train_s"), ("wall_time_s", "wall_s")):
+        if column in times:  # absent from results written before they were recorded
+            table[name] = mean[column].round(0)
     table["seeds"] = seeds.values
     return table.reset_index()
 
@@ -82,7 +86,8 @@ def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
         "Final metrics over all edits of the sequence (mean ± std over seeds). eff/gen/spe are the "
         "headline suite of the dataset family (CounterFact: P(new) > P(true); ZsRE/FEVER: token "
         "accuracy); *_acc the token-accuracy suite. ms_per_edit is editing time (the agent's act, the "
-        "update and the tracing of keys and gradients), not scoring."
+        "update and the tracing of keys and gradients), not scoring; train_s the agent's training "
+        "(not in ms_per_edit); wall_s the whole run of that agent, retention evaluations included."
         + (PROBE_NOTE if any(c in table.columns for c in PROBE_COLUMNS) else "")
         + "\n\n"
         + table.to_markdown(index=False)

@@ -53,6 +53,8 @@ def test_benchmark_writes_table_summary_plots_and_metadata(tmp_path):
     assert (tmp_path / "time-per-edit.png").exists()
     summary = (tmp_path / "summary.md").read_text()
     assert "| finetune" in summary and "ms_per_edit" in summary and "Protocol: final evaluation" in summary
+    header = next(line for line in summary.splitlines() if line.startswith("| agent"))
+    assert [cell.strip() for cell in header.split("|")[-4:-1]] == ["train_s", "wall_s", "seeds"]
     meta = json.loads((tmp_path / "run.json").read_text())
     assert meta["config"]["model"] == "tinyworld-tiny" and meta["packages"]["torch"] and "device" in meta
 

@@ -305,9 +305,11 @@ def _list() -> int:
         print(f"  {name:18s} {spec.description}")
     print("models: " + ", ".join(sorted(MODEL_LOADERS)) + ", or a hub id / local directory")
     print("configurations (experiments/configs/):")
-    for name in _config_names():
+    names = _config_names()
+    width = max(map(len, names), default=0)
+    for name in names:
         description = json.loads((CONFIG_DIR / f"{name}.json").read_text()).get("description", "")
-        print(f"  {name:28s} {description}")
+        print(f"  {name:{width}s} {description}")
     return 0
 
 

@@ -270,7 +270,15 @@ def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name
     _assert_schedules_fit(config, len(splits["train"]), len(splits["eval"]))
 
 
-@pytest.mark.parametrize("name", ["tinyworld-large-100x20", "tinyworld-large-400x20"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tinyworld-large-100x20",
+        "tinyworld-large-400x20",
+        "tinyworld-large-100x20-horizon",
+        "tinyworld-large-100x20-sb3",
+    ],
+)
 def test_large_world_configurations_fit_its_splits(name):
     """The same for the paper's schedules on TinyWorld-large, from the world's records alone (its model
     takes over an hour to build): 8,000 evaluation edits for 400 x 20, and every whole-sequence trainer's
@@ -282,8 +290,13 @@ def test_large_world_configurations_fit_its_splits(name):
     config = BenchmarkConfig.from_file(CONFIG_DIR / f"{name}.json")
     config.validate()
     world = TinyWorld(TinyWorldConfig.named(config.model.removeprefix("tinyworld-")))
-    assert set(config.agents) >= {"rledit", "rledit-published", "rledit-untrained", "malmen", "mend",
-                                  "finetune", "noedit", "memit", "alphaedit", "ultraedit"}  # fmt: skip
+    if name.endswith("-horizon"):  # RLEdit alone, trained on sequences as long as the evaluation's
+        assert config.agents == ["rledit"] and config.agent_configs["rledit"]["train_num_batches"] == 100
+    elif name.endswith("-sb3"):
+        assert config.agents == ["ppo", "sac"]
+    else:
+        assert set(config.agents) >= {"rledit", "rledit-published", "rledit-untrained", "malmen", "mend",
+                                      "finetune", "noedit", "memit", "alphaedit", "ultraedit"}  # fmt: skip
     _assert_schedules_fit(config, len(world.edit_records("train")), len(world.edit_records("eval")))
 
 

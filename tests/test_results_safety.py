@@ -88,7 +88,7 @@ def test_a_second_process_on_the_same_results_folder_is_refused_and_a_stale_lock
         assert not (out / "results.csv").exists()
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its stdout pipe (else a ResourceWarning at collection)
     # killed with SIGKILL: its pid is still in the lock file, but the process is gone, so the lock is stale
     assert (out / LOCK_NAME).read_text().strip() == str(holder.pid)
     with results_lock(out):

@@ -16,9 +16,11 @@ k^T dW ~ 0 for every preserved key k: E[||k^T dW||^2] = tr(dW^T C dW) <= thresho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.key_stats import KeyStats
 from agents.locate_edit import EditRequests, LocateEditConfig, LocateThenEdit
 
@@ -27,15 +29,20 @@ from agents.locate_edit import EditRequests, LocateEditConfig, LocateThenEdit
 class AlphaEditConfig(LocateEditConfig):
     # Eigenvalues of C (a mean over tokens, so in squared key units) below this span the null space.
     # AlphaEdit uses 2e-2 on Llama-3-8B.
-    nullspace_threshold: float = 2e-2
-    l2: float = 10.0  # ridge term of the solve (AlphaEdit's L2; 10 on Llama-3-8B)
+    # l2: the ridge term of the solve (AlphaEdit's L2; 10 on Llama-3-8B). Both "auto": the model's tuned
+    # values, else the published threshold and a calibrated l2 (agents.auto_settings).
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        **LocateEditConfig.AUTO_SETTINGS,
+        "nullspace_threshold": AutoSetting(2e-2),
+        "l2": AutoSetting(10.0, (0.1, 1.0, 10.0)),
+    }
+
+    nullspace_threshold: float | str = AUTO
+    l2: float | str = AUTO
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.nullspace_threshold <= 0 or self.l2 <= 0:
-            raise ValueError(
-                f"nullspace_threshold and l2 must be > 0, got {self.nullspace_threshold}, {self.l2}"
-            )
+        check_positive(self, "nullspace_threshold", "l2")
 
 
 class AlphaEdit(LocateThenEdit):

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from agents.auto_settings import resolve_settings
 from agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 
 
@@ -75,11 +76,15 @@ class EditAgent(ABC):
                 f"was made with action_type={core.action_type!r}"
             )
         self.env = env
-        self.config = config if config is not None else self.Config()
-        if not isinstance(self.config, self.Config):
+        config = config if config is not None else self.Config()
+        if not isinstance(config, self.Config):
             raise TypeError(
-                f"{type(self).__name__} needs a {self.Config.__name__}, got {type(self.config).__name__}"
+                f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}"
             )
+        # scale-dependent settings left at "auto" get the values that fit this environment's model
+        resolved = resolve_settings(type(self), config, env)
+        self.config = resolved.config
+        self.settings_sources: dict[str, str] = resolved.sources  # setting -> where its value came from
 
     @property
     def core(self):
@@ -139,7 +144,10 @@ class EditAgent(ABC):
         }
         core.editable.restore(core.initial_weights)  # train from the unedited model, whatever ran before
         return LifelongEditEnv(
-            LoadedModel(core.editable, core.splits), split="train", action_type=self.action_type, **settings
+            LoadedModel(core.editable, core.splits, name=core.model_name),
+            split="train",
+            action_type=self.action_type,
+            **settings,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
+from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.base import AgentConfig, EditAgent, like_observation
 from rledit_env.tokenization import encode_batch
 
@@ -23,7 +25,11 @@ class FineTuneConfig(AgentConfig):
     environment's L_gen: edit *and paraphrase* prompts, the very prompts the Gen metric scores).
     """
 
-    lr: float = 1e-3
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        "lr": AutoSetting(1e-3, (1e-4, 3e-4, 1e-3, 3e-3, 1e-2))
+    }
+
+    lr: float | str = AUTO  # the model's tuned value, else calibrated (agents.auto_settings)
     steps: int = 10
     max_norm: float | None = None
     objective: str = "edit"
@@ -31,8 +37,9 @@ class FineTuneConfig(AgentConfig):
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.steps < 1 or self.lr <= 0:
-            raise ValueError(f"steps must be >= 1 and lr > 0, got {self.steps} and {self.lr}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_positive(self, "lr")
         if self.max_norm is not None and self.max_norm <= 0:
             raise ValueError(f"max_norm must be > 0, got {self.max_norm}")
 

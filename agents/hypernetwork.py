@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.base import AgentConfig, Callback, CheckpointError, EditAgent, like_observation
 
 EPS = torch.finfo(torch.float32).eps
@@ -184,10 +185,17 @@ class HyperNetworkConfig(AgentConfig):
     budget is chosen on the training split by the learning curve itself.
     """
 
+    # "auto": the model's tuned value (rledit_env.tuned_settings), else init_lr is calibrated on its
+    # train split; the published values (1e-6, 1e-5) are for 7-9B models
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        "init_lr": AutoSetting(1e-6, (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
+        "meta_lr": AutoSetting(1e-5),
+    }
+
     rank: int = 1024
     num_blocks: int = 4
-    init_lr: float = 1e-6
-    meta_lr: float = 1e-5
+    init_lr: float | str = AUTO
+    meta_lr: float | str = AUTO
     max_grad_norm: float = 1.0
     update_stats_in_use: bool = True
     train_episodes: int = 100
@@ -196,6 +204,7 @@ class HyperNetworkConfig(AgentConfig):
     flat_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
+        check_positive(self, "init_lr", "meta_lr")
         if self.stop_when_flat is not None and self.stop_when_flat < 1:
             raise ValueError(f"stop_when_flat must be None or >= 1 episodes, got {self.stop_when_flat}")
 

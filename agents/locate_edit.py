@@ -30,10 +30,12 @@ import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import gymnasium as gym
 import torch
 
+from agents.auto_settings import AUTO, AutoSetting, check_positive, is_auto
 from agents.base import AgentConfig, EditAgent, like_observation
 from agents.key_stats import KeyStats, key_second_moments
 from rledit_env.editable import stack_rows
@@ -48,32 +50,45 @@ LOOKUPS = ("subject_last", "last")
 class LocateEditConfig(AgentConfig):
     """What MEMIT and AlphaEdit share: the target vectors' search and the key statistics.
 
-    Defaults are the published ones for Llama-3-8B (AlphaEdit's code base, which runs MEMIT too);
-    docs/tinyworld-settings.md gives TinyWorld's and why.
+    Defaults are the published ones for Llama-3-8B (AlphaEdit's code base, which runs MEMIT too), except
+    the settings in ``AUTO_SETTINGS``, which are "auto": the model's tuned values
+    (``rledit_env.tuned_settings``; docs/tinyworld-settings.md says why TinyWorld's differ), else the
+    published ones.
     """
 
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        "z_lr": AutoSetting(0.1),
+        "lookup": AutoSetting("subject_last"),
+        "num_prefixes": AutoSetting(5),
+    }
+
     z_steps: int = 25  # Adam steps on the target vectors
-    z_lr: float = 0.1
+    z_lr: float | str = AUTO
     z_weight_decay: float = 0.5  # penalty weight_decay * ||delta|| / ||h||^2, as MEMIT
     kl_factor: float = 0.0625  # KL on "{subject} is a", keeping the subject's other facts
     clamp_norm_factor: float = 0.75  # ||delta|| <= clamp_norm_factor * ||h||
     z_stop_loss: float = 0.05  # stop once every edit's loss is below this
     # where a fact is looked up: the subject's last token (MEMIT's hypothesis), or the prompt's last
     # token ("last", ROME/MEMIT's other strategy; for models that recall facts there)
-    lookup: str = "subject_last"
+    lookup: str = AUTO
     # prefixed variants of each prompt, the prefixes drawn from the general texts (MEMIT prefixes five
     # short texts it generates)
-    num_prefixes: int = 5
+    num_prefixes: int | str = AUTO
     stats_max_texts: int | None = 20_000  # corpus size for the key statistics (evenly spaced subset)
     stats_batch_size: int = 32
     stats_max_length: int = 256
 
     def __post_init__(self) -> None:
-        if self.z_steps < 1 or self.z_lr <= 0:
-            raise ValueError(f"z_steps must be >= 1 and z_lr > 0, got {self.z_steps}, {self.z_lr}")
-        if min(self.z_weight_decay, self.kl_factor, self.z_stop_loss, self.num_prefixes) < 0:
+        if self.z_steps < 1:
+            raise ValueError(f"z_steps must be >= 1, got {self.z_steps}")
+        check_positive(self, "z_lr")
+        prefixes = 0 if is_auto(self.num_prefixes) else self.num_prefixes
+        if (
+            not isinstance(prefixes, int)
+            or min(self.z_weight_decay, self.kl_factor, self.z_stop_loss, prefixes) < 0
+        ):
             raise ValueError("z_weight_decay, kl_factor, z_stop_loss and num_prefixes must be >= 0")
-        if self.lookup not in LOOKUPS:
+        if self.lookup not in (*LOOKUPS, AUTO):
             raise ValueError(f"lookup must be one of {LOOKUPS}, got {self.lookup!r}")
         if self.clamp_norm_factor <= 0:
             raise ValueError(f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}")

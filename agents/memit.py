@@ -10,9 +10,11 @@ C = E[k k^T] over general text, i.e.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.key_stats import KeyStats
 from agents.locate_edit import LocateEditConfig, LocateThenEdit
 
@@ -21,12 +23,17 @@ from agents.locate_edit import LocateEditConfig, LocateThenEdit
 class MEMITConfig(LocateEditConfig):
     # weight of the key covariance against the new keys (15000 on Llama-3-8B, whose down_proj reads
     # 14336 features: a typical key k has k^T C^-1 k ~ d_in, so the weight scales with the layer's width)
-    mom2_weight: float = 15000.0
+    # (15000 published; "auto": the model's tuned value, else calibrated, agents.auto_settings)
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        **LocateEditConfig.AUTO_SETTINGS,
+        "mom2_weight": AutoSetting(15000.0, (10.0, 100.0, 1000.0, 10000.0)),
+    }
+
+    mom2_weight: float | str = AUTO
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mom2_weight <= 0:
-            raise ValueError(f"mom2_weight must be > 0, got {self.mom2_weight}")
+        check_positive(self, "mom2_weight")
 
 
 class MEMIT(LocateThenEdit):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
+from agents.auto_settings import AutoSetting
 from agents.hypernetwork import HyperNetworkEditor, OneStepTrainingConfig
 
 
@@ -13,7 +14,10 @@ class MENDConfig(OneStepTrainingConfig):
     """MEND's hyperparameters. Its pseudo-gradients live in the normaliser's units (O(1) per feature),
     not the raw gradient's, so its step size starts far above MALMEN's (MEND's own edit lr is 1e-4)."""
 
-    init_lr: float = 1e-4
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        **OneStepTrainingConfig.AUTO_SETTINGS,
+        "init_lr": AutoSetting(1e-4, OneStepTrainingConfig.AUTO_SETTINGS["init_lr"].grid),
+    }
 
 
 class MEND(HyperNetworkEditor):

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import gymnasium as gym
 import torch
 
+from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.base import AgentConfig, EditAgent, like_observation
 from agents.hypernetwork import RunningNorm
 
@@ -38,12 +40,16 @@ from agents.hypernetwork import RunningNorm
 class UltraEditConfig(AgentConfig):
     """UltraEdit's hyperparameters (published values for Llama-3-8B, Mistral-7B and Qwen2.5-7B)."""
 
-    lr: float = 1e-6  # step size of the value differences
+    # published 1e-6 (7-8B models); "auto": the model's tuned value, else calibrated (agents.auto_settings)
+    AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
+        "lr": AutoSetting(1e-6, (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3))
+    }
+
+    lr: float | str = AUTO  # step size of the value differences
     log_lambda: float = 0.0  # ridge lambda = exp(log_lambda) = 1
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        check_positive(self, "lr")
         if not math.isfinite(self.log_lambda):
             raise ValueError(f"log_lambda must be finite, got {self.log_lambda}")
 

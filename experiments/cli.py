@@ -7,6 +7,7 @@ rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --te
 rledit train --agent rledit --train-episodes 40 --checkpoint rledit.safetensors
 rledit evaluate --agent rledit --checkpoint rledit.safetensors --schedule 20x10
 rledit report results/smollm2-counterfact     tables and plots again from a results folder (a partial one too)
+rledit tune --model ./my-model --dataset edits.json --agent ultraedit   calibrate a step size (train split)
 rledit list                                   agents, models and ready configurations
 rledit data list                              the named datasets: packaged samples and downloadable files
 rledit data download zsre-train zsre-eval     full public files into the cache (resumable, sha256-checked)
@@ -115,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(evaluate, agents=False)
     evaluate.add_argument("--agent", required=True)
     evaluate.add_argument("--checkpoint", required=True)
+    tune = sub.add_parser(
+        "tune",
+        help="choose an agent's step size on the model's train split (what 'auto' does on a model with no "
+        "tuned settings) and print the sweep",
+    )
+    _add_common(tune, agents=False)
+    tune.add_argument("--agent", required=True)
+    tune.add_argument("--setting", help="the setting to calibrate (default: the agent's calibrated one)")
+    tune.add_argument("--values", type=_csv, help="comma-separated candidates (default: its grid)")
+    tune.add_argument("--refresh", action="store_true", help="recompute a cached calibration")
     report = sub.add_parser(
         "report",
         help="summary.md and plots from a results folder's results.csv (e.g. of an interrupted run)",
@@ -248,11 +259,13 @@ def _report(args) -> int:
 def _summarise(results, out: Path, title: str, results_dir: Path) -> None:
     """Write summary.md and the plots of ``results`` into ``out`` (the learning curves from the training
     logs in ``results_dir``), and print the table and what was written."""
-    from experiments.report import plot_results, summary_table, write_markdown
+    from experiments.report import did_not_edit, plot_results, summary_table, write_markdown
 
     write_markdown(results, out / "summary.md", title)
     plots = plot_results(results, out, logs_dir=results_dir)
     print(summary_table(results).to_markdown(index=False))
+    for warning in did_not_edit(results):
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(
         f"\nresults: {results_dir / 'results.csv'}, {out / 'summary.md'}, "
         f"plots: {', '.join(p.name for p in plots)}"
@@ -296,14 +309,67 @@ def _train(config, args) -> int:
     return 0
 
 
+def _tune(config, args) -> int:
+    import dataclasses as dc
+
+    from agents.auto_settings import calibrate, resolve_settings
+    from experiments.harness import Benchmark
+    from experiments.registry import agent_settings, agent_spec
+
+    _check_model(config.model)
+    spec = agent_spec(args.agent)
+    cls = spec.load()
+    grids = {k: s.grid for k, s in getattr(cls.Config, "AUTO_SETTINGS", {}).items() if s.grid}
+    setting = args.setting or next(iter(grids), None)
+    if setting is None or (setting not in grids and not args.values):
+        raise UsageError(
+            f"{args.agent}: nothing to calibrate here; pass --setting and --values"
+            if setting is None
+            else f"{args.agent}: {setting!r} has no grid; pass --values (calibrated: {sorted(grids)})"
+        )
+    values = [_json_value(v) for v in args.values] if args.values else list(grids[setting])
+    config_obj = cls.Config(**agent_settings(args.agent, spec, config.agent_configs.get(args.agent, {})))
+    bench = Benchmark(config, args.out or "results/tune", progress=not args.quiet)
+    env = bench.make_env(spec, 1, 1)
+    try:  # the other "auto" settings as a run would have them, this one pinned while they are filled in
+        pinned = dc.replace(config_obj, **{setting: values[0]})
+        others = resolve_settings(cls, pinned, env, (args.agent,), progress=not args.quiet).config
+        result = calibrate(
+            cls, others, env, setting, names=(args.agent,), grid=values, refresh=args.refresh,
+            progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        env.close()
+    unedited = ", ".join(f"{k} {v:.3f}" for k, v in result.unedited.items())
+    print(f"{args.agent} {setting} on {result.model}'s train split (unedited: {unedited})\n")
+    print(result.markdown())
+    print(
+        f"\nchosen: {setting} = {result.value} ({'cached' if result.cached else 'computed'}: {result.path})"
+    )
+    return 0
+
+
+def _json_value(text: str):
+    """A JSON value (numbers, true/false, quoted strings), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _list() -> int:
     from experiments.registry import AGENTS
     from rledit_env.models import MODEL_LOADERS
+    from rledit_env.tuned_settings import TUNED_SETTINGS
 
     print("agents:")
     for name, spec in AGENTS.items():
         print(f"  {name:18s} {spec.description}")
     print("models: " + ", ".join(sorted(MODEL_LOADERS)) + ", or a hub id / local directory")
+    print(
+        "tuned agent settings (rledit_env.tuned_settings): " + ", ".join(TUNED_SETTINGS)
+        + "; any other model: step sizes calibrated on its train split at first use (rledit tune)"
+    )  # fmt: skip
     print("configurations (experiments/configs/):")
     names = _config_names()
     width = max(map(len, names), default=0)
@@ -355,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         config = resolve_config(args, None)
         config.agents = [args.agent]
+        if args.command == "tune":
+            return _tune(config, args)
         if args.command == "train":
             return _train(config, args)
         return _run_benchmark(config, args, checkpoints={args.agent: args.checkpoint})

@@ -236,6 +236,7 @@ class Benchmark:
         self.tracking.check()
         self._loaded: LoadedModel | None = None
         self._probe_before: dict[str, float] | None = None
+        self._unedited: dict[tuple[int, int, int], float] = {}
 
     @property
     def results_path(self) -> Path:
@@ -290,7 +291,7 @@ class Benchmark:
             **spec.env_kwargs,
         }
         return LifelongEditEnv(
-            LoadedModel(editable, loaded.splits, loaded.probe_texts, loaded.stats_texts),
+            LoadedModel(editable, loaded.splits, loaded.probe_texts, loaded.stats_texts, loaded.name),
             num_batches=num_batches,
             batch_size=batch_size,
             **settings,
@@ -405,6 +406,10 @@ class Benchmark:
                 "stats_corpus": getattr(agent, "stats_source", None),
                 "stats_texts": getattr(agent, "stats_num_texts", None),
                 "peak_memory_mib": peak_memory_mib(),
+                # settings left at "auto" and where their values came from (model table, calibration)
+                "auto_settings": json.dumps(
+                    {k: [getattr(agent.config, k), src] for k, src in agent.settings_sources.items()}
+                ),
                 # the whole run: training or loading, statistics, the episode, metrics and probes
                 "wall_time_s": time.perf_counter() - start,
             }
@@ -413,9 +418,26 @@ class Benchmark:
             for row in rows:
                 if row["final"]:
                     row.update(general)  # the probe runs once, after the whole sequence
+                    if "noedit" not in cfg.agents:  # the reference of the "did not edit" check
+                        row["eff_unedited"] = self._unedited_eff(num_batches, batch_size, seed)
             if curves is not None:
                 curves.log_curve(rows)
         return rows
+
+    def _unedited_eff(self, num_batches: int, batch_size: int, seed: int) -> float:
+        """The unedited model's final Eff on the edits of (schedule, seed): a no-edit sequence, run
+        once per benchmark, so that a run that did not edit is flagged without a no-edit row."""
+        from agents import NoEdit, run_episode
+
+        key = (num_batches, batch_size, seed)
+        if key not in self._unedited:
+            env = self.make_env(agent_spec("noedit"), num_batches, batch_size)
+            env.unwrapped.metrics_every = 0
+            try:
+                self._unedited[key] = float(run_episode(env, NoEdit(env), seed=seed)["metrics"]["eff"])
+            finally:
+                env.close()
+        return self._unedited[key]
 
     def _general_probe(self, editable: EditableModel, *, before: bool) -> dict[str, Any]:
         """The general-ability probe's columns: ``<task>_before`` (the unedited model, scored once per
@@ -447,6 +469,7 @@ class Benchmark:
             return agent, 0.0
         if name in self.checkpoints:  # a checkpoint the user gave: used as it is
             return type(agent).load(self.checkpoints[name], env), 0.0
+        sources = agent.settings_sources  # a loaded checkpoint's config holds the values, not their origin
         ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.safetensors"
         if not ckpt.exists() and ckpt.with_suffix(".pt").exists():
             # a results folder from before safetensors: load refuses it and says how to convert
@@ -459,6 +482,7 @@ class Benchmark:
             progress=self.progress,
             callback=callback,
         )
+        agent.settings_sources = sources
         log = getattr(agent, "training_log", None)
         if log and not trained:
             with atomic_path(self.out_dir / training_log_name(name, schedule, seed)) as tmp:

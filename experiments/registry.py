@@ -45,13 +45,13 @@ def _agent(name: str) -> Callable[[], type]:
     return load
 
 
-def _preset(name: str) -> Callable[[Any], list[str]]:
-    """The edit modules ``rledit_env.presets.<name>(model config)`` chooses, imported on first use."""
+def _own_modules(agent: str) -> Callable[[Any], list[str]]:
+    """The edit modules ``agent`` chooses for itself (``rledit_env.presets.EDITOR_MODULES``)."""
 
     def modules(config) -> list[str]:
         from rledit_env import presets
 
-        return getattr(presets, name)(config)
+        return getattr(presets, presets.EDITOR_MODULES[agent])(config)
 
     return modules
 
@@ -128,19 +128,19 @@ AGENTS: dict[str, AgentSpec] = {
     "memit": AgentSpec(
         _agent("MEMIT"),
         {"action_type": "shift"},
-        edit_modules=_preset("locate_edit_modules"),
+        edit_modules=_own_modules("memit"),
         description="MEMIT: closed-form least squares on MLP output projections",
     ),
     "alphaedit": AgentSpec(
         _agent("AlphaEdit"),
         {"action_type": "shift"},
-        edit_modules=_preset("locate_edit_modules"),
+        edit_modules=_own_modules("alphaedit"),
         description="AlphaEdit: MEMIT projected onto the null space of preserved keys",
     ),
     "ultraedit": AgentSpec(
         _agent("UltraEdit"),
         {"action_type": "values"},
-        edit_modules=_preset("ultraedit_modules"),
+        edit_modules=_own_modules("ultraedit"),
         description="UltraEdit: training-free, lifelong-normalised value gradients + ridge solve",
     ),
 }
@@ -193,14 +193,22 @@ def build_agent(
     name: str, env, overrides: dict[str, Any] | None = None, seed: int = 0, *, progress: bool = True
 ):
     """Agent ``name`` (registered, or ``"package.module:Class"``) bound to ``env``, with its registry
-    defaults, ``overrides`` on top and ``seed``; ``progress`` reaches agents whose construction shows a
-    progress bar (MEMIT's and AlphaEdit's key statistics)."""
+    defaults, ``overrides`` on top and ``seed``, and its settings left at "auto" filled in for the
+    model (``agents.auto_settings``; ``agent.settings_sources`` says from where); ``progress`` reaches
+    agents whose construction shows a progress bar (key statistics, a calibration)."""
+    from agents.auto_settings import resolve_settings
+
     spec = agent_spec(name)
     cls = spec.load()
     config = cls.Config(**{**agent_settings(name, spec, overrides or {}), "seed": seed})
+    # "auto" settings from the model's table under the registry name first ("rledit-published")
+    resolved = resolve_settings(cls, config, env, (name,), progress=progress)
     if "progress" in inspect.signature(cls).parameters:
-        return cls(env, config, progress=progress)
-    return cls(env, config)
+        agent = cls(env, resolved.config, progress=progress)
+    else:
+        agent = cls(env, resolved.config)
+    agent.settings_sources = resolved.sources
+    return agent
 
 
 def train_or_load(

@@ -52,6 +52,36 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+NO_EDIT_MARGIN = 0.05  # an editor whose final Eff is this close to the unedited model's did not edit
+NON_EDITORS = ("noedit",)
+
+
+def did_not_edit(results: pd.DataFrame) -> list[str]:
+    """One warning per (agent, schedule) whose final Eff, mean over seeds, is within ``NO_EDIT_MARGIN``
+    of the unedited model's on the same edits (the no-edit rows of the same schedule and seeds, else
+    each row's ``eff_unedited``): a step size too small for the model must never pass for a result."""
+    final = results[results["final"].astype(bool)]
+    if final.empty or "eff" not in final.columns:
+        return []
+    noedit = final[final["agent"].isin(NON_EDITORS)].groupby(["schedule", "seed"])["eff"].mean()
+    warnings = []
+    for (agent, schedule), part in final.groupby(["agent", "schedule"], sort=False):
+        if agent in NON_EDITORS:
+            continue
+        reference = [noedit.get((schedule, seed)) for seed in part["seed"]]
+        if any(r is None for r in reference):
+            if "eff_unedited" not in part.columns or part["eff_unedited"].isna().any():
+                continue  # no reference recorded (results from before this check)
+            reference = list(part["eff_unedited"])
+        eff, unedited = float(part["eff"].mean()), float(sum(reference) / len(reference))
+        if eff - unedited < NO_EDIT_MARGIN:
+            warnings.append(
+                f"{agent} {schedule} did not edit: final Eff {eff:.3f} against {unedited:.3f} unedited "
+                "on the same edits (step size too small for this model? see rledit_env.tuned_settings)"
+            )
+    return warnings
+
+
 def _cell(mean: float, std: float, n: int) -> str:
     if pd.isna(mean):
         return "-"
@@ -92,6 +122,7 @@ def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
         + "\n\n"
         + table.to_markdown(index=False)
         + "\n"
+        + "".join(f"\n**Warning:** {w}\n" for w in did_not_edit(results))
     )
     write_text_atomic(path, text)
     return text

@@ -15,23 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from experiments.cli import CONFIG_DIR, _csv, _seeds
+from agents.auto_settings import selection_score
+from experiments.cli import CONFIG_DIR, _csv, _json_value, _seeds
 from experiments.harness import Benchmark, BenchmarkConfig, final_rows
 
 COLUMNS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
-
-
-def _value(text: str):
-    """A JSON value (numbers, true/false, quoted strings), else the text itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def sweep(config: BenchmarkConfig, agent: str, setting: str, values: list, out: Path) -> pd.DataFrame:
@@ -49,7 +41,7 @@ def sweep(config: BenchmarkConfig, agent: str, setting: str, values: list, out: 
         results = Benchmark(trial, out / f"{setting}={value}", progress=False).run()
         final = final_rows(results)
         means = final[COLUMNS].mean()
-        score = 3 / sum(1 / max(means[m], 1e-9) for m in ("eff", "gen", "spe"))
+        score = selection_score(means)
         rows.append({setting: str(value), "schedule": ",".join(trial.schedules), "score": score, **means})
     return pd.DataFrame(rows)
 
@@ -76,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         edit_modules=args.edit_modules or config.edit_modules,
     )
     out = Path(args.out or f"results/sweep-{config.name}-{args.agent}-{args.setting}")
-    table = sweep(config, args.agent, args.setting, [_value(v) for v in args.values], out)
+    table = sweep(config, args.agent, args.setting, [_json_value(v) for v in args.values], out)
     print(table.round(3).to_markdown(index=False, disable_numparse=True))  # the values as given
     return 0
 

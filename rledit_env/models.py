@@ -26,6 +26,7 @@ class LoadedModel:
     splits: dict[str, list[EditRecord]] = field(default_factory=dict)
     probe_texts: list[str] = field(default_factory=list)
     stats_texts: list[str] = field(default_factory=list)
+    name: str | None = None  # the registered name, hub id or directory it was loaded by
 
 
 ModelLoader = Callable[..., LoadedModel]
@@ -142,19 +143,24 @@ def load_model(
     """
     dtype = as_dtype(dtype)
     if name_or_path in MODEL_LOADERS:
-        return MODEL_LOADERS[name_or_path](
+        loaded = MODEL_LOADERS[name_or_path](
             edit_modules=edit_modules,
             device=device,
             dtype=dtype,
             eval_batch_size=eval_batch_size,
             device_map=device_map,
         )
-    editable = EditableModel.from_pretrained(
-        name_or_path,
-        edit_modules,
-        dtype=dtype,
-        device=device,
-        device_map=device_map,
-        eval_batch_size=eval_batch_size,
-    )
-    return LoadedModel(editable, probe_texts=general_english_texts())
+    else:
+        editable = EditableModel.from_pretrained(
+            name_or_path,
+            edit_modules,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            eval_batch_size=eval_batch_size,
+        )
+        loaded = LoadedModel(editable, probe_texts=general_english_texts())
+    loaded.name = name_or_path  # the settings table (rledit_env.tuned_settings) knows models by it
+    if name_or_path in MODEL_LOADERS:  # and so does an EditableModel of it, wrapped anew by a user
+        loaded.editable.model.config._name_or_path = name_or_path
+    return loaded

@@ -265,6 +265,28 @@ _ULTRAEDIT_BANDS: dict[str, tuple[int, tuple[tuple[str, int, int], ...]]] = {
 _ULTRAEDIT_SHALLOW = 8
 
 
+def default_edit_modules(model: str, config) -> list[str]:
+    """The edit modules a registered ``model`` is loaded with when none are named (its preset's)."""
+    preset = MODEL_PRESETS.get(model)
+    return resolve_edit_modules(config, preset.edit_modules if preset is not None else None)
+
+
+# Editors that write into modules of their own choosing, by the agent's name (the others edit the
+# model's default modules): the harness makes their environments with these, and a tuned step size
+# (rledit_env.tuned_settings) holds for these modules only.
+EDITOR_MODULES: dict[str, str] = {
+    "memit": "locate_edit_modules",
+    "alphaedit": "locate_edit_modules",
+    "ultraedit": "ultraedit_modules",
+}
+
+
+def editor_modules(agent: str, model: str, config) -> list[str]:
+    """The modules agent ``agent`` edits on registered ``model`` (a benchmark's choice for it)."""
+    chooser = EDITOR_MODULES.get(agent)
+    return globals()[chooser](config) if chooser else default_edit_modules(model, config)
+
+
 def ultraedit_modules(config) -> list[str]:
     """UltraEdit's edit modules for a Hugging Face model config: its published bands (above) scaled to
     the model's depth, layer l of a published L-layer model becoming round(l * depth / L); models under

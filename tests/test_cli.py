@@ -226,7 +226,7 @@ def test_configurations_share_settings_by_extending_one_another(tmp_path):
 
     lifelong = BenchmarkConfig.from_file(CONFIG_DIR / "tinyworld-lifelong.json")
     demo = BenchmarkConfig.from_file(CONFIG_DIR / "demo-tinyworld.json")
-    assert lifelong.agent_configs["memit"] == demo.agent_configs["memit"]  # written once, in the demo's
+    assert lifelong.agent_configs["finetune"] == demo.agent_configs["finetune"]  # written once, in the demo's
     assert lifelong.train_episodes["rledit"] == 50 and demo.train_episodes["rledit"] == 12
     assert "ppo" in lifelong.agent_configs and "ppo" not in demo.agent_configs
     (tmp_path / "a.json").write_text(json.dumps({"extends": "b", "agents": ["noedit"]}))

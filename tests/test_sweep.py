@@ -25,7 +25,7 @@ def test_each_value_runs_on_the_train_split_and_is_scored(tmp_path, monkeypatch)
 
     monkeypatch.setattr(experiments.harness, "LifelongEditEnv", spy)
     table = sweep(config, "ultraedit", "lr", [1e-5, 5e-4], tmp_path)
-    assert made == ["train", "train"]
+    assert made == ["train"] * 4  # each value's run and its unedited reference (the "did not edit" check)
     assert list(table["lr"]) == ["1e-05", "0.0005"]
     harmonic = 3 / (1 / table["eff"].clip(lower=1e-9) + 1 / table["gen"].clip(lower=1e-9) + 1 / table["spe"])
     assert table["score"].tolist() == pytest.approx(harmonic.tolist())

@@ -198,6 +198,9 @@ class LifelongEditEnv(gym.Env):
 
         loaded = self._load(model, edit_modules, device, dtype, device_map, eval_batch_size)
         self.editable: EditableModel = loaded.editable
+        config = self.editable.model.config
+        # what the agents' tuned settings are looked up by (rledit_env.tuned_settings)
+        self.model_name: str = loaded.name or getattr(config, "_name_or_path", "") or config.model_type
         self.records = self._resolve_records(loaded, dataset, split)
         self.splits = loaded.splits  # the model's own splits (TinyWorld), e.g. for a training env
         self.probe_texts = list(probe_texts) if probe_texts is not None else loaded.probe_texts[:256]

@@ -93,8 +93,21 @@ def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="a line per run with its final metrics")
 
 
+def package_version() -> str:
+    """The installed rledit-env's version (its package metadata), else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rledit-env")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from rledit_env import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rledit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rledit {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="RLEdit against its baselines on TinyWorld (a few minutes on a CPU)")
     _add_common(demo)

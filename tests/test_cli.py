@@ -212,6 +212,16 @@ def test_demo_runs_every_agent_of_its_configuration_and_prints_the_table(tmp_pat
     assert main(["report", str(again / "nowhere")]) == 2
 
 
+def test_version_is_the_package_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rledit {metadata.version('rledit-env')}"
+    assert cli.package_version() == metadata.version("rledit-env")
+
+
 def test_the_usage_examples_in_the_help_parse():
     # the help text is the first documentation a user reads: its examples must be valid commands
     lines = [line for line in cli.__doc__.splitlines() if line.startswith("rledit ")]

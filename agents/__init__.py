@@ -1,5 +1,5 @@
 """Editors as agents of the rledit_env environment: RLEdit, its hypernetwork baselines MEND and MALMEN,
-fine-tuning, a plain gradient step, no-edit and the training-free UltraEdit, all following
+fine-tuning, a plain gradient step, no-edit and the training-free UltraEdit and StableEdit, all following
 ``agents.base.EditAgent``; the closed-form editors (MEMIT, AlphaEdit) and the stable-baselines3 adapter
 load on first use."""
 
@@ -21,6 +21,7 @@ from agents.malmen import MALMEN, MALMENConfig
 from agents.mend import MEND, MENDConfig
 from agents.noedit import NoEdit
 from agents.rledit import RLEdit, RLEditConfig
+from agents.stableedit import StableEdit, StableEditConfig
 from agents.ultraedit import UltraEdit, UltraEditConfig
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "PlainGradientConfig",
     "RLEdit",
     "RLEditConfig",
+    "StableEdit",
+    "StableEditConfig",
     "UltraEdit",
     "UltraEditConfig",
     "env_signature",

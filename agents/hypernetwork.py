@@ -29,41 +29,7 @@ from tqdm.auto import tqdm
 
 from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.base import AgentConfig, Callback, CheckpointError, EditAgent, like_observation
-
-EPS = torch.finfo(torch.float32).eps
-
-
-class RunningNorm(nn.Module):
-    """Running per-feature mean and standard deviation (Chan et al.'s parallel Welford update), in fp64.
-
-    Before two rows have been seen it is the identity.
-    """
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(size, dtype=torch.float64))
-        self.register_buffer("m2", torch.zeros(size, dtype=torch.float64))  # sum of squared deviations
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold the rows of ``x`` (rows, size) into the statistics."""
-        n = x.shape[0]
-        if n == 0:
-            return
-        x = x.detach().double()
-        batch_mean = x.mean(0)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += (x - batch_mean).pow(2).sum(0) + delta.pow(2) * (self.count * n / total)
-        self.count.copy_(total)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.count < 2:
-            return x
-        std = (self.m2 / (self.count - 1)).sqrt()
-        return (x - self.mean.to(x.dtype)) / (std.to(x.dtype) + EPS)
+from agents.running_stats import EPS, RunningNorm  # noqa: F401  (EPS: re-exported)
 
 
 class ResidualBlock(nn.Module):

@@ -18,8 +18,8 @@ delta^ is not denormalised, and the ridge solve uses the raw keys with lambda = 
 Where it departs: the public code keeps a set of normalisers for each of its ``editor.iters`` editing
 rounds and pads token chunks with zeros that it then drops; here there is one round, one normaliser per
 shape, and padding tokens never reach the statistics (``mask``). The statistics are fp64 Welford sums
-(``agents.hypernetwork.RunningNorm``, shared with the hypernetwork editors). The published lr 1e-6 is
-for 7-8B models; smaller models need another scale (docs/tinyworld-settings.md).
+(``agents.running_stats.RunningNorm``, shared with the hypernetwork editors and StableEdit). The
+published lr 1e-6 is for 7-8B models; smaller models need another scale (docs/tinyworld-settings.md).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 
 from agents.auto_settings import AUTO, AutoSetting, check_positive
 from agents.base import AgentConfig, EditAgent, like_observation
-from agents.hypernetwork import RunningNorm
+from agents.running_stats import RunningNorm
 
 
 @dataclass
@@ -59,7 +59,8 @@ class UltraEdit(EditAgent):
     norm, turned into an update by the environment's ridge solve (see the module docstring).
 
     ``norms`` maps each module shape (d_in, d_out) to its lifelong normaliser; it is reset when an
-    episode starts (an observation with step 0).
+    episode starts (an observation with step 0). StableEdit (``agents.stableedit``) is this agent with
+    another normaliser (``reset_statistics``) and a warm-up (``start_step``).
     """
 
     Config = UltraEditConfig
@@ -80,27 +81,40 @@ class UltraEdit(EditAgent):
         """Forget the normalisers' statistics (a new edit sequence)."""
         self.norms = {shape: RunningNorm(sum(shape)).to(self.device) for shape in self.groups}
 
-    def act(self, observation):
-        if float(observation["step"][0]) == 0:
+    def start_step(self, step: int) -> None:
+        """Called with each observation's step t before its batch is folded in: t = 0 starts afresh."""
+        if step == 0:
             self.reset_statistics()
+
+    def features(self, observation) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each module's x = [u, delta] (N, d_in + d_out) and the mask (N,), as float32 torch tensors."""
 
         def tensor(x) -> torch.Tensor:
             return torch.as_tensor(x, device=self.device, dtype=torch.float32)
 
-        mask = tensor(observation["mask"])
+        features = {
+            m: torch.cat([tensor(observation["keys"][m]), tensor(observation["value_grads"][m])], -1)
+            for modules in self.groups.values()
+            for m in modules
+        }
+        return features, tensor(observation["mask"])
+
+    def fold_in(self, norms: dict, features: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        """Update each shape's normaliser in ``norms`` with the real tokens of its modules' features."""
         real = mask.bool()
+        for shape, modules in self.groups.items():
+            for m in modules:
+                norms[shape].update(features[m][real])
+
+    def act(self, observation):
+        self.start_step(int(observation["step"][0]))
+        features, mask = self.features(observation)
         values, log_lambda = {}, {}
         with torch.no_grad():
+            self.fold_in(self.norms, features, mask)  # the whole batch, before any of it is normalised
             for shape, modules in self.groups.items():
-                norm = self.norms[shape]
-                features = {
-                    m: torch.cat([tensor(observation["keys"][m]), tensor(observation["value_grads"][m])], -1)
-                    for m in modules
-                }
-                for m in modules:  # the whole batch is folded in before any of it is normalised
-                    norm.update(features[m][real])
                 for m in modules:
-                    keys_hat, grads_hat = norm(features[m]).split(list(shape), -1)
+                    keys_hat, grads_hat = self.norms[shape](features[m]).split(list(shape), -1)
                     coeff = -self.config.lr * keys_hat.pow(2).sum(-1) * mask  # padding tokens get 0
                     values[m] = coeff.unsqueeze(-1) * grads_hat
                     log_lambda[m] = torch.full((1,), self.config.log_lambda, device=self.device)

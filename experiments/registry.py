@@ -143,6 +143,14 @@ AGENTS: dict[str, AgentSpec] = {
         edit_modules=_own_modules("ultraedit"),
         description="UltraEdit: training-free, lifelong-normalised value gradients + ridge solve",
     ),
+    "stableedit": AgentSpec(
+        _agent("StableEdit"),
+        {"action_type": "values"},
+        edit_modules=_own_modules("stableedit"),  # UltraEdit's: see agents/stableedit.py
+        description=(
+            "StableEdit: UltraEdit with whitened value gradients and statistics warmed up on training edits"
+        ),
+    ),
 }
 
 

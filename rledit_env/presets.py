@@ -278,6 +278,7 @@ EDITOR_MODULES: dict[str, str] = {
     "memit": "locate_edit_modules",
     "alphaedit": "locate_edit_modules",
     "ultraedit": "ultraedit_modules",
+    "stableedit": "ultraedit_modules",  # UltraEdit's, see agents/stableedit.py
 }
 
 

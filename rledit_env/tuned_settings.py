@@ -36,17 +36,19 @@ _TINYWORLD: Settings = {
     "memit": {"lookup": "last", "z_lr": 0.5, "num_prefixes": 0, "mom2_weight": 10.0},
     "alphaedit": {"lookup": "last", "z_lr": 0.5, "num_prefixes": 0, "nullspace_threshold": 0.02, "l2": 0.1},
     "ultraedit": {"lr": 1.5e-3},
+    "stableedit": {"lr": 2.75e-3},  # docs/tinyworld-settings.md: "StableEdit"
 }
 
 # docs/tinyworld-settings.md: "TinyWorld-large", the 20 x 20 train-split sweep table
-_TINYWORLD_LARGE: Settings = {
-    **_TINYWORLD,
+_TINYWORLD_LARGE: Settings = {  # StableEdit was not swept here: calibrated on the train split
     "rledit": {"init_lr": 1e-3, "meta_lr": 1e-4},
     "rledit-published": {"meta_lr": 1e-2},
     "malmen": {"init_lr": 1e-3, "meta_lr": 1e-4},
     "mend": {"init_lr": 1e-3, "meta_lr": 1e-4},
     "finetune": {"lr": 1e-3},
     "memit": {**_TINYWORLD["memit"], "mom2_weight": 30.0},
+    "alphaedit": _TINYWORLD["alphaedit"],
+    "ultraedit": _TINYWORLD["ultraedit"],
 }
 
 # The published settings for 7-9B models (RLEdit, MEND, MALMEN: github.com/zhrli324/RLEdit's
@@ -66,6 +68,7 @@ _PUBLISHED: Settings = {
         "l2": 10.0,
     },
     "ultraedit": {"lr": 1e-6},
+    "stableedit": {"lr": 1e-6},  # github.com/MINE-USTC/StableEdit's run.sh
 }
 
 TUNED_SETTINGS: dict[str, Settings] = {

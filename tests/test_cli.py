@@ -176,6 +176,7 @@ def test_list_shows_agents_models_and_configurations(capsys):
         "memit",
         "alphaedit",
         "ultraedit",
+        "stableedit",
         "tinyworld",
         "demo-tinyworld",
         "paper-llama3-8b-zsre",
@@ -251,7 +252,7 @@ def test_configurations_share_settings_by_extending_one_another(tmp_path):
 def _assert_schedules_fit(config, num_train: int, num_eval: int) -> None:
     """Each schedule's T x n distinct evaluation edits exist in the evaluation split, and each trained
     agent's training sequence in the training split (rledit-published's is as long as the evaluation's
-    by default)."""
+    by default), as do StableEdit's warm-up batches."""
     from experiments.harness import parse_schedule
     from experiments.registry import agent_settings, agent_spec
 
@@ -261,6 +262,9 @@ def _assert_schedules_fit(config, num_train: int, num_eval: int) -> None:
         for agent in config.agents:
             spec = agent_spec(agent)
             fields = {f.name for f in dataclasses.fields(spec.load().Config)}
+            if "warmup_batches" in fields:  # StableEdit's warm-up: batches of n training edits
+                settings = agent_settings(agent, spec, config.agent_configs.get(agent, {}))
+                assert spec.load().Config(**settings).warmup_batches * batch_size <= num_train, agent
             if not (spec.trainable and spec.train and "train_num_batches" in fields):
                 continue  # trains on whole sequences (RLEdit, SB3), not on single batches (MALMEN, MEND)
             settings = agent_settings(agent, spec, config.agent_configs.get(agent, {}))

@@ -149,6 +149,9 @@ class HyperNetworkConfig(AgentConfig):
     ``stop_when_flat``: k episodes; training stops once the training loss's mean over the last k episodes
     is less than ``flat_tolerance`` (relative) below its mean over the k before (None: never), so the
     budget is chosen on the training split by the learning curve itself.
+    ``meta_lr`` is Adam's learning rate of the network's blocks, ``step_meta_lr`` that of the per-module
+    step sizes ``lr`` and ridge ``log_lambda`` (None: ``meta_lr``); two parameter groups, because one
+    Adam step moves every parameter by about its group's rate, whatever the parameter's scale.
     """
 
     # "auto": the model's tuned value (rledit_env.tuned_settings), else init_lr is calibrated on its
@@ -156,12 +159,14 @@ class HyperNetworkConfig(AgentConfig):
     AUTO_SETTINGS: ClassVar[dict[str, AutoSetting]] = {
         "init_lr": AutoSetting(1e-6, (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
         "meta_lr": AutoSetting(1e-5),
+        "step_meta_lr": AutoSetting(None),  # None: meta_lr (the public code's one Adam over everything)
     }
 
     rank: int = 1024
     num_blocks: int = 4
     init_lr: float | str = AUTO
     meta_lr: float | str = AUTO
+    step_meta_lr: float | str | None = AUTO
     max_grad_norm: float = 1.0
     update_stats_in_use: bool = True
     train_episodes: int = 100
@@ -171,6 +176,8 @@ class HyperNetworkConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         check_positive(self, "init_lr", "meta_lr")
+        if self.step_meta_lr is not None:
+            check_positive(self, "step_meta_lr")
         if self.stop_when_flat is not None and self.stop_when_flat < 1:
             raise ValueError(f"stop_when_flat must be None or >= 1 episodes, got {self.stop_when_flat}")
 
@@ -223,7 +230,14 @@ class HyperNetworkEditor(EditAgent):
         self.net = HyperNetwork(
             editable.shapes, cfg.rank, cfg.num_blocks, cfg.init_lr, cfg.seed, ridge=self.ridge
         ).to(editable.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
+        steps = {"lr", "log_lambda"}  # the step sizes: their own learning rate (config.step_meta_lr)
+        named = list(self.net.named_parameters())
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": [p for n, p in named if n not in steps], "lr": cfg.meta_lr},
+                {"params": [p for n, p in named if n in steps], "lr": cfg.step_meta_lr or cfg.meta_lr},
+            ]
+        )
         self.training_log: list[dict[str, float]] = []
         self.episodes_trained = 0
 
@@ -281,6 +295,7 @@ class HyperNetworkEditor(EditAgent):
                     "loss": loss.item(),
                     "gen": terms["gen"].item(),
                     "loc": terms["loc"].item(),
+                    "update_sq_norm": terms["reg"].item(),  # sum over modules of ||dW||^2
                     "grad_norm": self._optimizer_step(),
                 }
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")

@@ -34,6 +34,12 @@ class RunningNorm(nn.Module):
         self.register_buffer("m2", torch.zeros(size, dtype=torch.float64))  # sum of squared deviations
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Forget every row seen (the identity again)."""
+        for buffer in (self.count, self.mean, self.m2):
+            buffer.zero_()
+
+    @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Fold the rows of ``x`` (rows, size) into the statistics."""
         n = x.shape[0]

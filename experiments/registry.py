@@ -73,11 +73,21 @@ AGENTS: dict[str, AgentSpec] = {
         _agent("RLEdit"),
         {"action_type": "values"},
         trainable=True,
-        defaults={"train_episodes": 1, "reward": {"paraphrases_per_edit": 1, "neighbours_per_edit": 1}},
+        defaults={
+            "train_episodes": 1,
+            "clip_every_step": True,
+            "normaliser": "carry",
+            "reward": {  # one paraphrase (no edit prompt) and one neighbour; the regulariser has no gradient
+                "paraphrases_per_edit": 1,
+                "neighbours_per_edit": 1,
+                "gen_edit_prompts": False,
+                "reg_gradient": False,
+            },
+        },
         fixed_training=True,
         description=(
-            "RLEdit as published: one sequence as long as the evaluation's, one optimiser step, one "
-            "paraphrase and one neighbour per edit (meta lr = 10 x initial lr, the paper's ratio)"
+            "RLEdit as published: one sequence as long as the evaluation's, one optimiser step moving each "
+            "network weight by the published 1e-5 and the step sizes by 10x their initial value"
         ),
     ),
     "rledit-untrained": AgentSpec(

@@ -46,12 +46,23 @@ class EncodedEdits:
         records: Sequence[EditRecord],
         paraphrases: int | None = None,
         neighbours: int | None = None,
+        edit_prompts: bool = True,
     ) -> EncodedEdits:
         """Encode a batch; ``paraphrases``/``neighbours`` keep only the first so many paraphrase and
-        locality prompts of each record in ``gen``/``loc`` (None: all)."""
+        locality prompts of each record in ``gen``/``loc`` (None: all); without ``edit_prompts``,
+        ``gen`` holds the paraphrases only (a record with none keeps its edit prompt)."""
         edit = [(i, r.prompt, r.target_new) for i, r in enumerate(records)]
-        gen = edit + [
-            (i, p, r.target_new) for i, r in enumerate(records) for p in r.paraphrase_prompts[:paraphrases]
+        gen = [
+            pair
+            for i, r in enumerate(records)
+            for pair in (
+                (
+                    [(i, r.prompt, r.target_new)]
+                    if edit_prompts or not r.paraphrase_prompts[:paraphrases]
+                    else []
+                )
+                + [(i, p, r.target_new) for p in r.paraphrase_prompts[:paraphrases]]
+            )
         ]
         loc = [
             (i, p, a)

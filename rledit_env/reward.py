@@ -6,8 +6,9 @@ locality term and a regulariser (docs/design.md, "The MDP").
 
 L_gen is the mean answer-token cross-entropy of the new answers on a batch's edit and paraphrase prompts;
 L_loc the mean KL divergence, at the locality answers' tokens, from the model before this step's update
-to the model after it. ``RewardConfig`` is the one place these settings live: the environment takes one,
-and agents that train on the reward (RLEdit) use their evaluation environment's unless told otherwise.
+(or, with ``loc_reference="unedited"``, the unedited model) to the model after it. ``RewardConfig`` is
+the one place these settings live: the environment takes one, and agents that train on the reward
+(RLEdit) use their evaluation environment's unless told otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 
 from rledit_env.editable import EditableModel, TargetLogits, Updates, stack_prefixes, stack_rows
 from rledit_env.episode import EncodedEdits
+
+LOC_REFERENCES = ("previous", "unedited")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,13 @@ class RewardConfig:
     | paraphrases_per_edit | None | paraphrase prompts of each edit in L_gen (the first so many;   |
     |                  |         | None: all the record has)                                      |
     | neighbours_per_edit | None | locality prompts of each edit in L_loc (None: all)             |
+    | gen_edit_prompts | True    | L_gen scores the edit prompts too (False: paraphrases only, as |
+    |                  |         | the public code's "equiv" loss; an edit without paraphrases    |
+    |                  |         | keeps its edit prompt)                                         |
+    | reg_gradient     | True    | the regulariser has a gradient (False: scored as a number, as  |
+    |                  |         | in the public code, whose update has no graph there)           |
+    | loc_reference    | "previous" | L_loc's reference: the model before this step's update (the |
+    |                  |         | paper), or "unedited": the original model (a cumulative KL)    |
 
     RLEdit's public code scores one paraphrase and one neighbour per edit; with every one TinyWorld's
     records carry (4 and 4) a step scores three times as many prompts.
@@ -46,8 +56,16 @@ class RewardConfig:
     reg_coef: float = 1e-4
     paraphrases_per_edit: int | None = None
     neighbours_per_edit: int | None = None
+    gen_edit_prompts: bool = True
+    reg_gradient: bool = True
+    loc_reference: str = "previous"
 
     def __post_init__(self) -> None:
+        if self.loc_reference not in LOC_REFERENCES:
+            raise ValueError(f"loc_reference must be one of {LOC_REFERENCES}, got {self.loc_reference!r}")
+        for name in ("gen_edit_prompts", "reg_gradient"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.backtrack_depth < 1:
             raise ValueError(f"backtrack_depth must be >= 1, got {self.backtrack_depth}")
         if not 0 <= self.decay <= 1:
@@ -90,10 +108,17 @@ class BacktrackingReward:
     packed into as few passes as ``EditableModel.tokens_per_pass`` allows.
     """
 
-    def __init__(self, config: RewardConfig, editable: EditableModel, batches: Sequence[EncodedEdits]):
+    def __init__(
+        self, config: RewardConfig, editable: EditableModel, batches: Sequence[EncodedEdits], *, score=True
+    ):
+        """Made at the episode's start, on the unedited model: with ``loc_reference="unedited"`` (and
+        ``score``) the locality log-probs of every batch are taken there, once."""
         self.config, self.editable, self.batches = config, editable, batches
         self._loc_refs: dict[int, torch.Tensor] = {}  # batch -> locality log-probs at the current weights
         self._prefixes: dict[tuple[int, str], torch.Tensor | None] = {}  # (batch, "gen"/"loc") -> prefix
+        self._unedited: dict[int, torch.Tensor] | None = None
+        if config.loc_reference == "unedited" and score:
+            self._unedited = {b: self._loc_logprobs(b) for b in range(len(batches)) if len(batches[b].loc)}
 
     def _prefix(self, b: int, kind: str) -> torch.Tensor | None:
         """The frozen layers' output for batch b's "gen" or "loc" prompts (computed once per episode)."""
@@ -112,13 +137,23 @@ class BacktrackingReward:
         Older batches reuse what the previous step's scoring computed after its update (the same
         weights), so when every step is scored only the new batch costs a pass here.
         """
+        if self.config.loc_reference == "unedited":
+            if self._unedited is None:
+                raise RuntimeError("the reward was made with score=False: it has no unedited references")
+            return self._unedited
         refs = dict(self._loc_refs)
         for b in self.window(t):
-            loc = self.batches[b].loc
-            if b not in refs and len(loc):
-                target = self.editable.target_logits(loc.batch, packed=True, prefix=self._prefix(b, "loc"))
-                refs[b] = torch.log_softmax(target.logits, -1)
+            if b not in refs and len(self.batches[b].loc):
+                refs[b] = self._loc_logprobs(b)
         return refs
+
+    @torch.no_grad()
+    def _loc_logprobs(self, b: int) -> torch.Tensor:
+        """Batch b's locality log-probs at the current weights."""
+        target = self.editable.target_logits(
+            self.batches[b].loc.batch, packed=True, prefix=self._prefix(b, "loc")
+        )
+        return torch.log_softmax(target.logits, -1)
 
     def terms(
         self, t: int, updates: Updates, refs: Mapping[int, torch.Tensor], *, functional: bool, commit: bool
@@ -169,6 +204,8 @@ class BacktrackingReward:
         weights = cfg.decay ** torch.arange(len(window), dtype=per_batch.dtype, device=per_batch.device)
         zero = row_nll.new_zeros(())
         reg = sum((d.float().pow(2).sum().to(zero.device) for d in updates.values()), zero)
+        if not cfg.reg_gradient:
+            reg = reg.detach()
         backtrack = (weights[1:] * per_batch[1:]).sum()
         total = per_batch[0] + backtrack + cfg.reg_coef * reg
         return {

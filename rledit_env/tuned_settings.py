@@ -26,10 +26,20 @@ AUTO = "auto"
 
 Settings = dict[str, dict[str, Any]]  # agent name -> {setting: value}
 
+
+def _published_rledit(tuned_init_lr: float) -> dict[str, float]:
+    """``rledit-published`` at a model's scale. The public code's one Adam step (meta lr 1e-5 from lr 1e-6)
+    moves each network weight by about 1e-5 and the step sizes by about 10x their initial value. So the
+    blocks keep the published 1e-5, and the step sizes start at a tenth of the model's tuned initial lr
+    with a meta lr of ten times that: a step up lands them at 1.1x the tuned value
+    (docs/tinyworld-settings.md, "rledit-published")."""
+    return {"init_lr": round(tuned_init_lr / 10, 12), "meta_lr": 1e-5, "step_meta_lr": tuned_init_lr}
+
+
 # docs/tinyworld-settings.md: "RLEdit, MALMEN, MEND", "MEMIT and AlphaEdit", "UltraEdit" (the default world)
 _TINYWORLD: Settings = {
     "rledit": {"init_lr": 3e-3, "meta_lr": 1e-4},
-    "rledit-published": {"meta_lr": 3e-2},  # the paper's ratio, meta lr = 10 x initial lr
+    "rledit-published": _published_rledit(3e-3),
     "malmen": {"init_lr": 3e-3, "meta_lr": 1e-4},
     "mend": {"init_lr": 3e-3, "meta_lr": 1e-4},
     "finetune": {"lr": 3e-3},
@@ -42,7 +52,7 @@ _TINYWORLD: Settings = {
 # docs/tinyworld-settings.md: "TinyWorld-large", the 20 x 20 train-split sweep table
 _TINYWORLD_LARGE: Settings = {  # StableEdit was not swept here: calibrated on the train split
     "rledit": {"init_lr": 1e-3, "meta_lr": 1e-4},
-    "rledit-published": {"meta_lr": 1e-2},
+    "rledit-published": _published_rledit(1e-3),
     "malmen": {"init_lr": 1e-3, "meta_lr": 1e-4},
     "mend": {"init_lr": 1e-3, "meta_lr": 1e-4},
     "finetune": {"lr": 1e-3},
@@ -56,6 +66,7 @@ _TINYWORLD_LARGE: Settings = {  # StableEdit was not swept here: calibrated on t
 # github.com/XiaojieGu/UltraEdit's run.sh)
 _PUBLISHED: Settings = {
     "rledit": {"init_lr": 1e-6, "meta_lr": 1e-5},
+    "rledit-published": {"step_meta_lr": 1e-5},  # the public code's one Adam at 1e-5 over everything
     "malmen": {"init_lr": 1e-6, "meta_lr": 1e-5},
     "mend": {"init_lr": 1e-4, "meta_lr": 1e-5},  # MEND's own edit lr (MENDConfig)
     "finetune": {"lr": 1e-3},
@@ -80,7 +91,7 @@ TUNED_SETTINGS: dict[str, Settings] = {
     # docs/tinyworld-settings.md: "SmolLM2-135M" (CounterFact's training records, 5 x 10)
     "smollm2": {
         "rledit": {"init_lr": 1e-3, "meta_lr": 1e-4},
-        "rledit-published": {"meta_lr": 1e-2},
+        "rledit-published": _published_rledit(1e-3),
         "malmen": {"init_lr": 1e-3, "meta_lr": 1e-4},
         "mend": {"init_lr": 1e-3, "meta_lr": 1e-4},
         "finetune": {"lr": 3e-3},

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers import tiny_env
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
 from experiments.harness import Benchmark, BenchmarkConfig
-from experiments.registry import agent_spec
+from experiments.registry import agent_spec, build_agent
 
 SMALL_NET = {"rank": 16, "num_blocks": 1, "train_num_batches": 2}
 
@@ -41,20 +42,49 @@ def test_trained_agents_train_once_and_every_agent_edits_the_same_sequence(tmp_p
 
 def test_rledit_published_trains_one_sequence_of_the_evaluations_length_with_one_step(tmp_path):
     final = _run(
-        tmp_path,
-        ["rledit-published"],
-        agent_configs={"rledit-published": {"rank": 16, "num_blocks": 1, "init_lr": 1e-3, "meta_lr": 1e-2}},
+        tmp_path, ["rledit-published"], agent_configs={"rledit-published": {"rank": 16, "num_blocks": 1}}
     )
     assert final.loc["rledit-published", "train_time_s"] > 0
     log = pd.read_csv(tmp_path / "training-rledit-published-2x3-seed0.csv")
     assert len(log) == 1  # one sequence, one optimiser step
     lrs = [c for c in log.columns if c.startswith("lr/")]  # each module's learned step size
     assert lrs == ["lr/model.layers.0.mlp.gate_proj", "lr/model.layers.0.mlp.up_proj"]
+    assert "update_sq_norm" in log.columns
     spec = agent_spec("rledit-published")
-    assert spec.fixed_training and spec.defaults["reward"] == {
-        "paraphrases_per_edit": 1,
-        "neighbours_per_edit": 1,
-    }
+    assert (
+        spec.fixed_training
+        and spec.defaults["clip_every_step"]
+        and spec.defaults["reward"]
+        == {
+            "paraphrases_per_edit": 1,
+            "neighbours_per_edit": 1,
+            "gen_edit_prompts": False,
+            "reg_gradient": False,
+        }
+    )
+
+
+def test_the_published_step_moves_the_network_as_the_reference_does():
+    """The public code's single Adam step (meta lr 1e-5, lr from 1e-6) moves each network weight by
+    about 1e-5 and the step sizes by at most about 10x their initial value: so does ours, at the model's
+    scale (rledit_env.tuned_settings._published_rledit)."""
+    env = tiny_env(num_batches=3, batch_size=3, obs_backend="torch")
+    agent = build_agent("rledit-published", env, {"rank": 16, "num_blocks": 2}, progress=False)
+    init_lr, blocks = agent.config.init_lr, agent.config.meta_lr
+    assert blocks == 1e-5 and agent.config.step_meta_lr == pytest.approx(10 * init_lr)
+    before = {k: v.detach().clone() for k, v in agent.net.named_parameters()}
+    agent.learn(progress_bar=False)
+    after = dict(agent.net.named_parameters())
+    for name, value in before.items():
+        moved = float((after[name].detach() - value).abs().max())
+        if name == "lr":
+            assert 0 < moved <= 10 * init_lr * 1.001  # lr in [-9, 11] x its initial value
+            assert float(after[name].abs().max()) <= 11 * init_lr * 1.001
+        elif name != "log_lambda":
+            assert moved <= blocks * 1.001, name
+    assert any(
+        float((after[n].detach() - v).abs().max()) > 0.5 * blocks for n, v in before.items() if n != "lr"
+    )
 
 
 def test_the_benchmarks_reward_reaches_rledits_training(tmp_path):

@@ -143,6 +143,7 @@ def test_gemma2_logit_softcapping_matches_the_model():
 def test_paper_presets_exist_in_a_model_of_that_depth(preset):
     model_type, depth = {
         "llama3-8b": ("llama", 32),
+        "llama3-8b-yaml": ("llama", 32),
         "mistral-7b": ("mistral", 32),
         "gemma2-9b": ("gemma2", 42),
         "tinyworld-large": ("llama", 8),
@@ -150,13 +151,16 @@ def test_paper_presets_exist_in_a_model_of_that_depth(preset):
     model, tok = tiny_model(model_type, num_layers=depth)
     editable = EditableModel(model, tok, preset)
     assert editable.names == PAPER_PRESETS[preset]
-    # gate_proj and up_proj of nine layers (three in TinyWorld-large's 8)
-    assert len(editable.names) == (6 if preset == "tinyworld-large" else 18)
+    # gate_proj and up_proj of nine layers (three in TinyWorld-large's 8); Llama-3-8B's as its authors
+    # state: gate_proj of 11-15 and up_proj of 18-24
+    assert len(editable.names) == {"tinyworld-large": 6, "llama3-8b": 12}.get(preset, 18)
 
 
-def test_default_band_is_the_papers_for_llama3_and_20_to_28_for_smollm2():
+def test_default_band_is_the_public_yamls_for_llama3_and_20_to_28_for_smollm2():
     llama3 = LlamaConfig(num_hidden_layers=32)
-    assert preset_modules(llama3) == PAPER_PRESETS["llama3-8b"]
+    assert preset_modules(llama3) == PAPER_PRESETS["llama3-8b-yaml"]  # the depth rule's origin
+    assert PAPER_PRESETS["llama3-8b"][0] == "model.layers.11.mlp.gate_proj"  # the paper's, by its authors
+    assert PAPER_PRESETS["llama3-8b"][-1] == "model.layers.24.mlp.up_proj"
     smollm2 = LlamaConfig(num_hidden_layers=30)  # SmolLM2-135M's depth
     names = preset_modules(smollm2)
     assert names[0] == "model.layers.20.mlp.gate_proj" and names[-1] == "model.layers.28.mlp.up_proj"

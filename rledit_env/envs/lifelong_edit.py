@@ -371,13 +371,21 @@ class LifelongEditEnv(gym.Env):
         tok = self.editable.tokenizer
         cfg = self.reward_config
         self._batches = [
-            EncodedEdits.build(tok, records[i : i + n], cfg.paraphrases_per_edit, cfg.neighbours_per_edit)
+            EncodedEdits.build(
+                tok,
+                records[i : i + n],
+                cfg.paraphrases_per_edit,
+                cfg.neighbours_per_edit,
+                cfg.gen_edit_prompts,
+            )
             for i in range(0, len(records), n)
         ]
         self._evaluator = (
             EpisodeEvaluator(self.editable, records) if (self.evaluate_at_end or self.metrics_every) else None
         )
-        self._reward = BacktrackingReward(self.reward_config, self.editable, self._batches)
+        self._reward = BacktrackingReward(
+            self.reward_config, self.editable, self._batches, score=self.score_reward
+        )
         self._curve: list[dict] = []
         self._t = 0
         start = time.perf_counter()

@@ -43,7 +43,10 @@ def test_normalised_prefix_match():
 
 
 def test_unedited_model_never_says_the_counterfactual_answer():
-    env = tiny_env(evaluation="generation", action_type="shift", probe_texts=[])
+    # a model of its own: the one tiny_env shares is restored only in its default edit modules
+    env = LifelongEditEnv(
+        load_model(TINY), num_batches=4, batch_size=4, evaluation="generation", action_type="shift"
+    )
     metrics = run_episode(env, NoEdit(env), seed=0)["metrics"]
     assert metrics["eff_em"] == 0.0 and metrics["gen_em"] == 0.0
     assert metrics["spe_em_agree"] == 1.0  # nothing changed: every locality generation is the same

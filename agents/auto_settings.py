@@ -212,6 +212,7 @@ def calibrate(
             batch_size=batch,
             action_type=action_type,
             score_reward=True,  # fine-tuning's "gen" objective reads the reward's terms
+            evaluation="teacher_forced",  # the selection score reads the teacher-forced suite
             probe_texts=core.probe_texts,
             stats_texts=core.stats_texts,
         )

@@ -138,6 +138,7 @@ class EditAgent(ABC):
             "max_update_norm": core.max_update_norm,
             "max_tokens": core.max_tokens,
             "evaluate_at_end": False,
+            "evaluation": "teacher_forced",  # what training reads (SB3's episode metrics), at today's cost
             "probe_texts": [],
             "reward": core.reward_config,
             **settings,

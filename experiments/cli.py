@@ -8,6 +8,7 @@ rledit train --agent rledit --train-episodes 40 --checkpoint rledit.safetensors
 rledit evaluate --agent rledit --checkpoint rledit.safetensors --schedule 20x10
 rledit report results/smollm2-counterfact     tables and plots again from a results folder (a partial one too)
 rledit report docs/smollm2/zsre --docs-page site-page.md   its documentation page (the docs build does it)
+rledit report results/smollm2-counterfact --format easyedit   easyedit.json, under EasyEdit's names
 rledit tune --model ./my-model --dataset edits.json --agent ultraedit   calibrate a step size (train split)
 rledit list                                   agents, models and ready configurations
 rledit data list                              the named datasets: packaged samples and downloadable files
@@ -80,6 +81,13 @@ def _add_common(p: argparse.ArgumentParser, *, agents: bool = True) -> None:
         help="the general-ability probe before and after each sequence (auto, the default: on for real "
         "models, off on TinyWorld)",
     )
+    p.add_argument(
+        "--evaluation",
+        choices=["auto", "teacher_forced", "generation", "both"],
+        help="the metrics' protocol: teacher-forced (gold answer tokens fed in), by greedy generation "
+        "(exact match), or both in separate columns (auto, the default: teacher-forced on TinyWorld, both "
+        "on real models)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--device-map",
@@ -148,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write them (default: the results folder)")
     report.add_argument("--title", help="the summary's title (default: the folder's name)")
     report.add_argument(
+        "--format",
+        choices=["markdown", "easyedit"],
+        default="markdown",
+        help="markdown: summary.md and plots; easyedit: easyedit.json, the final metrics under EasyEdit's "
+        "names (rewrite_acc, rephrase_acc, locality, ...), one record per agent, schedule and seed, tagged "
+        "with their protocol (docs/protocols.md)",
+    )
+    report.add_argument(
         "--docs-page",
         metavar="PAGE",
         help="instead, write the folder's documentation page (markdown) to PAGE, from its summary.md, "
@@ -188,6 +204,7 @@ def resolve_config(args: argparse.Namespace, default_config: str | None):
         "agents": getattr(args, "agents", None),
         "seeds": args.seeds,
         "metrics_every": args.metrics_every,
+        "evaluation": args.evaluation,
         "device": args.device,
         "device_map": args.device_map,
         "dtype": args.dtype,
@@ -285,6 +302,12 @@ def _report(args) -> int:
         return 0
     out = Path(args.out) if args.out else results_dir
     out.mkdir(parents=True, exist_ok=True)
+    if args.format == "easyedit":
+        from experiments.report import write_easyedit
+
+        path = write_easyedit(pd.read_csv(csv), out / "easyedit.json")
+        print(f"wrote {path}")
+        return 0
     _summarise(pd.read_csv(csv), out, args.title or results_dir.name, results_dir)
     return 0
 
@@ -292,11 +315,20 @@ def _report(args) -> int:
 def _summarise(results, out: Path, title: str, results_dir: Path) -> None:
     """Write summary.md and the plots of ``results`` into ``out`` (the learning curves from the training
     logs in ``results_dir``), and print the table and what was written."""
-    from experiments.report import did_not_edit, plot_results, summary_table, write_markdown
+    from experiments.report import (
+        did_not_edit,
+        generation_table,
+        plot_results,
+        summary_table,
+        write_markdown,
+    )
 
     write_markdown(results, out / "summary.md", title)
     plots = plot_results(results, out, logs_dir=results_dir)
     print(summary_table(results).to_markdown(index=False))
+    generation = generation_table(results)
+    if generation is not None:
+        print("\ngeneration (exact match):\n" + generation.to_markdown(index=False))
     for warning in did_not_edit(results):
         print(f"WARNING: {warning}", file=sys.stderr)
     print(

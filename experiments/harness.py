@@ -33,6 +33,7 @@ from experiments.tracking import Tracking, run_group
 from rledit_env.atomic import atomic_path
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
+from rledit_env.envs.lifelong_edit import resolve_evaluation
 from rledit_env.general_probe import GeneralProbeConfig, probe_general
 from rledit_env.models import LoadedModel, load_model
 
@@ -98,6 +99,9 @@ class BenchmarkConfig:
     agent_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-agent config overrides
     env: dict[str, Any] = field(default_factory=dict)  # LifelongEditEnv overrides (reward settings, ...)
     metrics_every: int = 5
+    # the metrics' protocol: "teacher_forced", "generation" or "both"; "auto": teacher-forced on TinyWorld,
+    # both on real models (rledit_env.envs.lifelong_edit.resolve_evaluation)
+    evaluation: str = "auto"
     # rledit_env.general_probe.GeneralProbeConfig settings ({} for its defaults); None: no probe; "auto":
     # AUTO_PROBE on a real model, none on TinyWorld (a made-up world's model has never read English tasks)
     general_probe: dict[str, Any] | str | None = "auto"
@@ -135,6 +139,7 @@ class BenchmarkConfig:
             agent_settings(name, agent_spec(name), self.agent_configs.get(name, {}))
         if not self.seeds:
             raise ValueError("seeds is empty")
+        resolve_evaluation(self.evaluation, self.model)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if isinstance(self.general_probe, str) and self.general_probe != "auto":
@@ -286,6 +291,7 @@ class Benchmark:
             )
         settings = {
             "metrics_every": self.config.metrics_every,
+            "evaluation": self.config.evaluation,
             "score_reward": spec.needs_reward,  # scoring the reward is most of a step's cost
             **self.config.env,
             **spec.env_kwargs,
@@ -402,6 +408,7 @@ class Benchmark:
                 "train_time_s": train_time,
                 "stats_time_s": stats_time,
                 "stats_cached": getattr(agent, "stats_from_cache", None),
+                "evaluation": env.evaluation,  # the protocol: teacher_forced, generation or both
                 "spe_reference": env.spe_reference,
                 "stats_corpus": getattr(agent, "stats_source", None),
                 "stats_texts": getattr(agent, "stats_num_texts", None),
@@ -434,7 +441,8 @@ class Benchmark:
             env = self.make_env(agent_spec("noedit"), num_batches, batch_size)
             env.unwrapped.metrics_every = 0
             try:
-                self._unedited[key] = float(run_episode(env, NoEdit(env), seed=seed)["metrics"]["eff"])
+                metrics = run_episode(env, NoEdit(env), seed=seed)["metrics"]
+                self._unedited[key] = float(metrics.get("eff", metrics.get("eff_em")))
             finally:
                 env.close()
         return self._unedited[key]

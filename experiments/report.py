@@ -17,8 +17,10 @@ import torch
 
 from rledit_env.atomic import write_text_atomic
 from rledit_env.general_probe import COLUMNS as PROBE_COLUMNS
+from rledit_env.generation import GENERATION_METRICS
 
 METRICS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "spe_agree", "ppl"]
+TEACHER_FORCED = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "spe_agree"]
 # mean seconds over seeds: editing per edit, the agent's training, the whole run (retention evaluations too)
 TIMES = ["time_per_edit_s", "train_time_s", "wall_time_s"]
 PROBE_NOTE = (
@@ -53,6 +55,28 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def has_metrics(results: pd.DataFrame, metrics: Sequence[str]) -> bool:
+    """Whether any of ``metrics`` has a value in ``results``."""
+    return any(m in results.columns and results[m].notna().any() for m in metrics)
+
+
+def generation_table(results: pd.DataFrame) -> pd.DataFrame | None:
+    """The generation suite's final metrics (eff_em, gen_em, spe_em, spe_em_agree), one row per (agent,
+    model, dataset, schedule), mean (and std over seeds); None when no row has them."""
+    final = results[results["final"].astype(bool)]
+    metrics = [m for m in GENERATION_METRICS if m in final.columns]
+    if not has_metrics(final, metrics):
+        return None
+    final = final.dropna(subset=metrics, how="all")
+    grouped = final.groupby(["agent", "model", "dataset", "schedule"], sort=False)[metrics]
+    mean, std, seeds = grouped.mean(), grouped.std(), grouped.size()
+    table = pd.DataFrame(index=mean.index)
+    for m in metrics:
+        table[m] = [_cell(a, b, seeds.loc[i]) for i, a, b in zip(mean.index, mean[m], std[m], strict=True)]
+    table["seeds"] = seeds.values
+    return table.reset_index()
+
+
 NO_EDIT_MARGIN = 0.05  # an editor whose final Eff is this close to the unedited model's did not edit
 NON_EDITORS = ("noedit",)
 
@@ -62,22 +86,23 @@ def did_not_edit(results: pd.DataFrame) -> list[str]:
     of the unedited model's on the same edits (the no-edit rows of the same schedule and seeds, else
     each row's ``eff_unedited``): a step size too small for the model must never pass for a result."""
     final = results[results["final"].astype(bool)]
-    if final.empty or "eff" not in final.columns:
+    column = "eff" if has_metrics(final, ["eff"]) else "eff_em"  # a generation-only run has no "eff"
+    if final.empty or column not in final.columns:
         return []
-    noedit = final[final["agent"].isin(NON_EDITORS)].groupby(["schedule", "seed"])["eff"].mean()
+    noedit = final[final["agent"].isin(NON_EDITORS)].groupby(["schedule", "seed"])[column].mean()
     warnings = []
     for (agent, schedule), part in final.groupby(["agent", "schedule"], sort=False):
-        if agent in NON_EDITORS:
+        if agent in NON_EDITORS or part[column].isna().all():
             continue
         reference = [noedit.get((schedule, seed)) for seed in part["seed"]]
         if any(r is None for r in reference):
             if "eff_unedited" not in part.columns or part["eff_unedited"].isna().any():
                 continue  # no reference recorded (results from before this check)
             reference = list(part["eff_unedited"])
-        eff, unedited = float(part["eff"].mean()), float(sum(reference) / len(reference))
+        eff, unedited = float(part[column].mean()), float(sum(reference) / len(reference))
         if eff - unedited < NO_EDIT_MARGIN:
             warnings.append(
-                f"{agent} {schedule} did not edit: final Eff {eff:.3f} against {unedited:.3f} unedited "
+                f"{agent} {schedule} did not edit: final {column} {eff:.3f} against {unedited:.3f} unedited "
                 "on the same edits (step size too small for this model? see rledit_env.tuned_settings)"
             )
     return warnings
@@ -102,12 +127,30 @@ def protocol_line(results: pd.DataFrame) -> str:
         f"{corpus} ({int(count)} texts)"
         for corpus, count in corpora.groupby("stats_corpus", sort=False)["stats_texts"].max().items()
     )
+    evaluations = recorded("evaluation") or ["teacher_forced"]  # results from before the setting
+    how = "; ".join(EVALUATION_PROTOCOL.get(str(e), str(e)) for e in evaluations)
+    spe_line = (
+        f"Spe reference: {spe} (spe_agree: agreement with the unedited model); "
+        if any(e != "generation" for e in evaluations)
+        else ""
+    )
     return (
         "Protocol: final evaluation over all edits of the sequence after its last batch (curves: over the "
-        "edits so far); teacher-forced (gold answer tokens, no generation); Spe reference: "
-        f"{spe} (spe_agree: agreement with the unedited model); MEMIT/AlphaEdit key statistics: "
-        f"{stats or 'none in this run'}."
+        f"edits so far); {how}; {spe_line}MEMIT/AlphaEdit key statistics: {stats or 'none in this run'}."
     )
+
+
+_TEACHER_FORCED = "teacher-forced (gold answer tokens, no generation)"
+_GENERATION = (
+    "by greedy generation (exact match: the normalised generation begins with the answer; budget the "
+    "gold answer's tokens + 3, stopping at EOS or the first clause; spe_em against the locality "
+    "answer, spe_em_agree against the unedited model's generation)"
+)
+EVALUATION_PROTOCOL = {  # the results' "evaluation" column -> how the protocol line says it
+    "teacher_forced": _TEACHER_FORCED,
+    "generation": _GENERATION,
+    "both": f"both {_TEACHER_FORCED} and {_GENERATION}, in separate tables",
+}
 
 
 def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
@@ -123,10 +166,26 @@ def write_markdown(results: pd.DataFrame, path: Path, title: str) -> str:
         + "\n\n"
         + table.to_markdown(index=False)
         + "\n"
+        + _generation_section(results)
         + "".join(f"\n**Warning:** {w}\n" for w in did_not_edit(results))
     )
     write_text_atomic(path, text)
     return text
+
+
+def _generation_section(results: pd.DataFrame) -> str:
+    """The generation suite's table under its own heading ("" when the results have none)."""
+    table = generation_table(results)
+    if table is None:
+        return ""
+    return (
+        "\n## Generation (exact match)\n\n"
+        "The same final evaluation by greedy generation (`rledit_env.generation`): eff_em/gen_em the share "
+        "of edit/paraphrase prompts whose generation begins with the new answer, spe_em of locality "
+        "prompts whose generation begins with their ground-truth answer, spe_em_agree of locality "
+        "prompts whose generation is the unedited model's. Not comparable with the teacher-forced "
+        "columns above.\n\n" + table.to_markdown(index=False) + "\n"
+    )
 
 
 def _pyplot():
@@ -143,10 +202,15 @@ def plot_results(results: pd.DataFrame, out_dir: Path, logs_dir: Path | None = N
     """Retention curves (eff/gen/spe against the number of edits), time per edit per agent, and the
     trained agents' learning curves (from the training logs in ``logs_dir``, default ``out_dir``)."""
     plt = _pyplot()
-    written = [
-        _plot_retention(part, f"Lifelong editing, schedule {schedule}", out_dir / f"retention-{schedule}.png")
-        for schedule, part in results.groupby("schedule", sort=False)
-    ]
+    written = []
+    for schedule, part in results.groupby("schedule", sort=False):
+        if has_metrics(part, TEACHER_FORCED) or not has_metrics(part, GENERATION_METRICS):
+            title = f"Lifelong editing, schedule {schedule}"
+            written.append(_plot_retention(part, title, out_dir / f"retention-{schedule}.png"))
+        if has_metrics(part, GENERATION_METRICS):  # the other suite, in a figure of its own
+            title = f"Lifelong editing, schedule {schedule}, by generation (exact match)"
+            path = out_dir / f"generation-retention-{schedule}.png"
+            written.append(_plot_retention(part, title, path, GENERATION_METRICS[:3]))
     final = results[results["final"].astype(bool)]
     times = final.groupby("agent", sort=False)["time_per_edit_s"].mean() * 1000
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -171,12 +235,15 @@ def plot_retention(curves: Mapping[str, Sequence[Mapping[str, float]]], path: Pa
     return _plot_retention(pd.DataFrame(rows), title, Path(path))
 
 
-def _plot_retention(results: pd.DataFrame, title: str, path: Path) -> Path:
-    """Eff/Gen/Spe against the number of edits, one line per agent (mean and spread over seeds)."""
+def _plot_retention(
+    results: pd.DataFrame, title: str, path: Path, metrics: Sequence[str] = ("eff", "gen", "spe")
+) -> Path:
+    """Eff/Gen/Spe (or ``metrics``) against the number of edits, one line per agent (mean and spread
+    over seeds)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
-    for ax, metric in zip(axes, ["eff", "gen", "spe"], strict=True):
-        if metric not in results.columns:
+    for ax, metric in zip(axes, metrics, strict=True):
+        if metric not in results.columns or results[metric].isna().all():
             continue
         for agent, rows in results.groupby("agent", sort=False):
             curve = rows.groupby("edits")[metric].agg(["mean", "std"]).reset_index()
@@ -282,6 +349,7 @@ def write_metadata(config: dict[str, Any], out_dir: Path) -> None:
 NOTES = "notes.md"  # a results folder's hand-written reading: how it ran, what it shows (dated)
 _PLOTS = (
     ("retention-*.png", "Eff, Gen and Spe over all edits so far, along the sequence"),
+    ("generation-retention-*.png", "the same by greedy generation (exact match)"),
     ("training-curves.png", "training loss of the trained agents"),
     ("time-per-edit.png", "editing time per edit"),
 )
@@ -333,9 +401,10 @@ def along_the_sequence(results: pd.DataFrame) -> str:
     tables = []
     for metric, fmt, what in (
         ("eff_acc", "{:.3f}", "Token accuracy over all edits so far (`eff_acc`)"),
+        ("eff_em", "{:.3f}", "Exact match by generation over all edits so far (`eff_em`)"),
         ("ppl", "{:,.1f}", "Perplexity"),
     ):
-        if metric not in rows.columns:
+        if metric not in rows.columns or rows[metric].isna().all():
             continue
         wide = rows.pivot_table(index="edits", columns="agent", values=metric, sort=False)
         wide = wide[[a for a in rows["agent"].unique() if a in wide.columns]]
@@ -364,3 +433,101 @@ def _relink(text: str, results_dir: Path, page_dir: Path) -> str:
         return f"{match[1]}{Path(moved).as_posix()}{match[3]}"
 
     return _LINK.sub(move, text)
+
+
+# --- EasyEdit's names -----------------------------------------------------------------------------------
+
+# (EasyEdit section, its result key, our column) per protocol; docs/protocols.md explains the mapping.
+EASYEDIT_NAMES = {
+    "teacher_forced": (("rewrite", "rewrite_acc", "eff_acc"), ("rephrase", "rephrase_acc", "gen_acc")),
+    "generation": (("rewrite", "rewrite_acc", "eff_em"), ("rephrase", "rephrase_acc", "gen_em")),
+}
+EASYEDIT_LOCALITY = {"teacher_forced": "spe_agree", "generation": "spe_em_agree"}  # post against pre
+EASYEDIT_META = {  # EasyEdit's metric_meta fields (easyeditor/evaluate/metric_meta.py)
+    "teacher_forced": {
+        "protocol": "decoder_only_teacher_forcing",
+        "scorer": "token_accuracy",
+        "comparable_group": "lm.decoder_only_teacher_forcing.token_accuracy",
+    },
+    "generation": {  # ours: EasyEdit has no greedy prefix exact match; its nearest is exact_match_fallback
+        "protocol": "greedy_generation_exact_match",
+        "scorer": "prefix_exact_match",
+        "comparable_group": "rledit.greedy_generation.prefix_exact_match",
+    },
+}
+_SEMANTIC = {"rewrite": "reliability", "rephrase": "generalization", "locality": "locality"}
+# our other columns of each protocol, kept beside EasyEdit's names
+_OWN_COLUMNS = {
+    "teacher_forced": ["eff", "gen", "spe", "spe_acc", "eff_prob", "gen_prob", "spe_prob"],
+    "generation": ["spe_em"],
+}
+
+
+def easyedit_records(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """The final metrics of ``results`` under EasyEdit's names: one record per agent, schedule, seed and
+    protocol (a run with both suites gives two), each with "pre" (the unedited model on the same edits:
+    the no-edit run of the same schedule and seed, when the results have one; else null) and "post"
+    dicts shaped as EasyEdit's ``summary_metrics`` output (``rewrite_acc``, ``rephrase_acc``,
+    ``locality: {neighborhood_acc}``, and ``metric_meta`` per section tagging its protocol)."""
+    final = results[results["final"].astype(bool)]
+    noedit = {
+        (row["schedule"], row["seed"]): row for _, row in final[final["agent"].isin(NON_EDITORS)].iterrows()
+    }
+    records = []
+    for _, row in final.iterrows():
+        for protocol in EASYEDIT_NAMES:
+            post = _easyedit_metrics(row, protocol)
+            if post is None:
+                continue
+            reference = noedit.get((row["schedule"], row["seed"]))
+            records.append(
+                {
+                    "agent": row["agent"],
+                    "model": row["model"],
+                    "dataset": row["dataset"],
+                    "schedule": row["schedule"],
+                    "seed": int(row["seed"]),
+                    "edits": int(row["edits"]) if "edits" in row and pd.notna(row["edits"]) else None,
+                    "protocol": EASYEDIT_META[protocol]["protocol"],
+                    "evaluation": protocol,
+                    "pre": None if reference is None else _easyedit_metrics(reference, protocol),
+                    "post": post,
+                }
+            )
+    return records
+
+
+def _easyedit_metrics(row: pd.Series, protocol: str) -> dict[str, Any] | None:
+    """One row's metrics of one protocol under EasyEdit's names, with ours under "rledit"; None if the
+    row has none of that protocol."""
+
+    def value(column: str) -> float | None:
+        return float(row[column]) if column in row and pd.notna(row[column]) else None
+
+    out: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    ours: dict[str, float] = {}
+    locality = EASYEDIT_LOCALITY[protocol]
+    for section, key, column in (*EASYEDIT_NAMES[protocol], ("locality", "neighborhood_acc", locality)):
+        if value(column) is None:
+            continue
+        if section == "locality":
+            out["locality"] = {key: value(column)}
+        else:
+            out[key] = value(column)
+        meta[section] = {"result_key": key, "semantic": _SEMANTIC[section], **EASYEDIT_META[protocol]}
+        ours[column] = value(column)
+    if not out:
+        return None
+    ours.update({c: value(c) for c in _OWN_COLUMNS[protocol] if value(c) is not None})
+    return {**out, "metric_meta": meta, "rledit": ours}
+
+
+def write_easyedit(results: pd.DataFrame, path: Path) -> Path:
+    """``easyedit_records(results)`` as JSON at ``path`` (written atomically)."""
+    payload = {
+        "format": "rledit-env results under EasyEdit's metric names (docs/protocols.md)",
+        "records": easyedit_records(results),
+    }
+    write_text_atomic(path, json.dumps(payload, indent=2))
+    return path

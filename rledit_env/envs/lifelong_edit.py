@@ -15,6 +15,7 @@ from gymnasium import spaces
 from rledit_env.actions import InvalidActionError, check_module_dict, check_norms
 from rledit_env.editable import EditableModel, Trace, ridge_solve
 from rledit_env.episode import EncodedEdits
+from rledit_env.generation import GenerationEvaluator
 from rledit_env.metrics import SPE_REFERENCE, EpisodeEvaluator, headline_suite, perplexity
 from rledit_env.models import LoadedModel, load_model
 from rledit_env.records import EditRecord
@@ -23,6 +24,17 @@ from rledit_env.sampler import EpisodeSampler
 from rledit_env.tokenization import encode_one
 
 ACTION_TYPES = ("values", "shift")
+EVALUATIONS = ("teacher_forced", "generation", "both")
+
+
+def resolve_evaluation(evaluation: str, model_name: str) -> str:
+    """ "auto" is today's teacher-forced suite on TinyWorld models (names starting with "tinyworld") and
+    both suites on real models; anything else must be one of ``EVALUATIONS``."""
+    if evaluation == "auto":
+        return "teacher_forced" if model_name.startswith("tinyworld") else "both"
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation must be 'auto' or one of {EVALUATIONS}, got {evaluation!r}")
+    return evaluation
 
 
 class LifelongEditEnv(gym.Env):
@@ -109,8 +121,21 @@ class LifelongEditEnv(gym.Env):
     ``time``: seconds spent validating and applying the update ("update"; includes the ridge solve),
     scoring the reward ("score"), computing metrics ("metrics") and tracing the next batch ("trace").
     Editing time proper is update + trace (an editor needs the keys and value gradients).
-    ``metrics`` (eff/gen/spe, their token-accuracy and probability variants, ppl) over all edits
-    so far at the end of the episode and every ``metrics_every`` steps, whose history is ``curve``.
+    ``metrics`` over all edits so far at the end of the episode and every ``metrics_every`` steps,
+    whose history is ``curve``: by the ``evaluation`` protocol,
+
+    | evaluation       | metrics                                                                   |
+    |------------------|---------------------------------------------------------------------------|
+    | "teacher_forced" | eff/gen/spe (the headline suite), eff_acc/gen_acc/spe_acc/spe_agree (token |
+    |                  | accuracy of the gold answer fed in), eff_prob/gen_prob/spe_prob (CounterFact)|
+    | "generation"     | eff_em/gen_em/spe_em/spe_em_agree: greedy generation begins with the new   |
+    |                  | answer / the locality answer / the unedited model's generation             |
+    |                  | (``rledit_env.generation``); no eff/gen/spe                                |
+    | "both"           | all of them, never mixed: the teacher-forced names keep their meaning      |
+
+    and ppl (perplexity on the model's own text) under every protocol. ``edits`` is the number of
+    edits scored. ``timing`` splits the evaluation's time into "metrics" (teacher-forced and ppl)
+    and "generation".
 
     ## Arguments
 
@@ -133,6 +158,8 @@ class LifelongEditEnv(gym.Env):
     | obs_backend       | "numpy"       | "numpy" or "torch"                                                 |
     | metrics_every     | 0             | compute metrics every this many steps (0: only at the end)         |
     | evaluate_at_end   | True          | compute metrics when the episode ends                              |
+    | evaluation        | "auto"        | "teacher_forced", "generation" or "both" (see Info); "auto":       |
+    |                   |               | teacher-forced on TinyWorld models, both on real ones              |
     | probe_texts       | None          | texts for the perplexity probe (default: the model's own, if any)  |
     | stats_texts       | None          | corpus of the closed-form editors' key statistics; default: the    |
     |                   |               | model's own (TinyWorld: its "stats" split), else the train split's |
@@ -166,6 +193,7 @@ class LifelongEditEnv(gym.Env):
         obs_backend: str = "numpy",
         metrics_every: int = 0,
         evaluate_at_end: bool = True,
+        evaluation: str = "auto",
         probe_texts: Sequence[str] | None = None,
         stats_texts: Sequence[str] | None = None,
         max_tokens: int | None = None,
@@ -201,6 +229,7 @@ class LifelongEditEnv(gym.Env):
         config = self.editable.model.config
         # what the agents' tuned settings are looked up by (rledit_env.tuned_settings)
         self.model_name: str = loaded.name or getattr(config, "_name_or_path", "") or config.model_type
+        self.evaluation = resolve_evaluation(evaluation, self.model_name)  # the protocol of the metrics
         self.records = self._resolve_records(loaded, dataset, split)
         self.splits = loaded.splits  # the model's own splits (TinyWorld), e.g. for a training env
         self.probe_texts = list(probe_texts) if probe_texts is not None else loaded.probe_texts[:256]
@@ -380,8 +409,16 @@ class LifelongEditEnv(gym.Env):
             )
             for i in range(0, len(records), n)
         ]
+        evaluates = self.evaluate_at_end or self.metrics_every
         self._evaluator = (
-            EpisodeEvaluator(self.editable, records) if (self.evaluate_at_end or self.metrics_every) else None
+            EpisodeEvaluator(self.editable, records)
+            if evaluates and self.evaluation in ("teacher_forced", "both")
+            else None
+        )
+        self._generation = (
+            GenerationEvaluator(self.editable, records)
+            if evaluates and self.evaluation in ("generation", "both")
+            else None
         )
         self._reward = BacktrackingReward(
             self.reward_config, self.editable, self._batches, score=self.score_reward
@@ -413,9 +450,8 @@ class LifelongEditEnv(gym.Env):
         if self.differentiable:
             info["loss"] = terms["total"]
         due = self.metrics_every and self._t % self.metrics_every == 0
-        if self._evaluator is not None and (due or (terminated and self.evaluate_at_end)):
-            with clock("metrics"):
-                info["metrics"] = self._metrics()
+        if (self._evaluator or self._generation) and (due or (terminated and self.evaluate_at_end)):
+            info["metrics"] = self._metrics(clock)
         if terminated:
             info["curve"] = list(self._curve)
         else:
@@ -449,8 +485,13 @@ class LifelongEditEnv(gym.Env):
             lines.append(f"  ... and {len(records) - shown} more")
         if self._curve:
             last = self._curve[-1]
+            scores = [f"Eff {last['eff']:.3f} Spe {last['spe']:.3f}"] if "eff" in last else []
+            if "eff_em" in last:
+                scores.append(
+                    f"by generation Eff {last['eff_em']:.3f} Spe {last.get('spe_em', float('nan')):.3f}"
+                )
             lines.append(
-                f"Eff {last['eff']:.3f} Spe {last['spe']:.3f} over the first {last['edits']:.0f} edits "
+                f"{'; '.join(scores)} over the first {last['edits']:.0f} edits "
                 f"(evaluated after step {last['step']})"
             )
         return "\n".join(lines)
@@ -542,10 +583,17 @@ class LifelongEditEnv(gym.Env):
         with clock("score"), torch.no_grad():
             return self._reward.terms(t, updates, refs, functional=False, commit=True)
 
-    def _metrics(self) -> dict[str, float]:
-        metrics = self._evaluator.evaluate(self._t * self.batch_size)
-        if self.probe_texts:
-            metrics["ppl"] = perplexity(self.editable, self.probe_texts)
+    def _metrics(self, clock: _Clock) -> dict[str, float]:
+        edits = self._t * self.batch_size
+        metrics: dict[str, float] = {}
+        with clock("metrics"):
+            if self._evaluator is not None:
+                metrics.update(self._evaluator.evaluate(edits))
+            if self.probe_texts:
+                metrics["ppl"] = perplexity(self.editable, self.probe_texts)
+        if self._generation is not None:
+            with clock("generation"):
+                metrics.update(self._generation.evaluate(edits))
         self._curve.append({"step": self._t, **metrics})
         return metrics
 

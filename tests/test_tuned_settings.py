@@ -49,6 +49,7 @@ def test_agents_made_with_no_config_edit_a_known_model():
     assert rledit.settings_sources == {
         "init_lr": "tuned for tinyworld-tiny",
         "meta_lr": "tuned for tinyworld-tiny",
+        "step_meta_lr": "published (not calibrated)",  # None: the network's meta lr, one Adam group rate
     }
     assert _eff(env, rledit) >= unedited + 0.3
     # UltraEdit's tuned lr is for its own modules (down_proj); on the default env's it is calibrated
@@ -61,16 +62,17 @@ def test_explicit_values_win_over_the_table():
     env = tiny_env()
     agent = RLEdit(env, RLEditConfig(init_lr=1e-5, rank=8, num_blocks=1))
     assert agent.config.init_lr == 1e-5 and agent.config.meta_lr == 1e-4  # meta_lr still from the table
-    assert set(agent.settings_sources) == {"meta_lr"}
+    assert set(agent.settings_sources) == {"meta_lr", "step_meta_lr"}
     built = build_agent("rledit", env, {"meta_lr": 2e-4, "rank": 8, "num_blocks": 1})
     assert (built.config.init_lr, built.config.meta_lr) == (3e-3, 2e-4)
 
 
 def test_registry_names_come_before_the_class_name():
-    assert tuned_settings("tinyworld", ("rledit-published", "rledit")) == {"init_lr": 3e-3, "meta_lr": 3e-2}
+    published_settings = {"init_lr": 3e-4, "meta_lr": 1e-5, "step_meta_lr": 3e-3}
+    assert tuned_settings("tinyworld", ("rledit-published", "rledit")) == pytest.approx(published_settings)
     env = tiny_env()
     published = build_agent("rledit-published", env, {"rank": 8, "num_blocks": 1})
-    assert published.config.meta_lr == 3e-2
+    assert (published.config.meta_lr, published.config.step_meta_lr) == (1e-5, 3e-3)
     assert known_model("meta-llama/Meta-Llama-3-8B-Instruct") == "llama3-8b"  # paper configs name hub ids
     assert tuned_settings("llama3-8b", ("rledit",)) == {"init_lr": 1e-6, "meta_lr": 1e-5}
     assert known_model("/some/local/dir") is None

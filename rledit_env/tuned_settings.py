@@ -13,8 +13,8 @@ at ``AUTO`` ("auto"), and an agent bound to an environment fills them in (``agen
 Every value for TinyWorld, TinyWorld-large and SmolLM2 was chosen on that model's *train* split; the
 sweep behind each is in docs/tinyworld-settings.md (section named in the comment). The paper's GPU
 models carry the published 7-9B settings. tinyworld-tiny (the tests' world) and the GPT-2 versions of
-the worlds are built like TinyWorld and use its values, checked by tests/test_tuned_settings.py (every
-editor edits them).
+the worlds are built like TinyWorld and use its values; tests/test_tuned_settings.py checks that every
+editor edits tinyworld-tiny and tinyworld-tiny-gpt2 with them (tinyworld-gpt2 is not checked).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import logging
 import pandas as pd
 import pytest
 import torch
-from helpers import _loaded, tiny_env
+from helpers import TINY_MODELS, _loaded, tiny_env
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -202,16 +202,17 @@ def test_bad_values_name_the_setting():
     assert RLEditConfig().init_lr == AUTO
 
 
-def test_the_command_line_with_no_configuration_edits_and_flags_what_did_not(tmp_path, capsys):
+@pytest.mark.parametrize("model", TINY_MODELS)  # the Llama and the GPT-2 tiny world
+def test_the_command_line_with_no_configuration_edits_and_flags_what_did_not(model, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["benchmark", "--model", "tinyworld-tiny", "--agents", ",".join([*EDITORS, "noedit"])]
+    argv = ["benchmark", "--model", model, "--agents", ",".join([*EDITORS, "noedit"])]
     assert cli.main([*argv, "--schedule", "10x8", "--out", str(out), "-q"]) == 0
     final = pd.read_csv(out / "results.csv").query("final")
     eff = final.set_index("agent")["eff"]
     for agent in EDITORS:
         assert eff[agent] >= eff["noedit"] + 0.3, agent
     settings = json.loads(final.set_index("agent").loc["memit", "auto_settings"])
-    assert settings["mom2_weight"] == [10.0, "tuned for tinyworld-tiny"]
+    assert settings["mom2_weight"] == [10.0, f"tuned for {model}"]
     assert "Warning" not in (out / "summary.md").read_text()
     assert did_not_edit(final) == []
 

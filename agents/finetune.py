@@ -88,7 +88,12 @@ class FineTune(EditAgent):
         batch = encode_batch(
             core.editable.tokenizer, [r.prompt for r in records], [r.target_new for r in records]
         )
-        return lambda deltas: core.editable.target_logits(batch, deltas).nll().mean()
+        # the layers below the first edited one never change: their states are computed once, and each
+        # step runs from there (and the last layer's MLP only where logits are read)
+        prefix = core.editable.frozen_prefix(batch)
+        return lambda deltas: (
+            core.editable.target_logits(batch, deltas, packed=True, prefix=prefix).nll().mean()
+        )
 
     @staticmethod
     @torch.no_grad()

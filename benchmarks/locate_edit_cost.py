@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         report(trees, args)
     finally:
         if tmp is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True
+            )
 
 
 def report(trees: dict[str, Path], args) -> None:
@@ -162,7 +164,9 @@ def report(trees: dict[str, Path], args) -> None:
             old, new = results["baseline"], results["now"]
             ratio = old["seconds_per_edit"] / new["seconds_per_edit"]
             act_ratio = old["act_seconds_per_edit"] / new["act_seconds_per_edit"]
-            print(f"{agent:10s} baseline / now: {ratio:.2f}x fewer seconds per edit ({act_ratio:.2f}x in act)")
+            print(
+                f"{agent:10s} baseline / now: {ratio:.2f}x fewer seconds per edit ({act_ratio:.2f}x in act)"
+            )
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
 

@@ -38,7 +38,7 @@ import torch
 from agents.auto_settings import AUTO, AutoSetting, check_positive, is_auto
 from agents.base import AgentConfig, EditAgent, like_observation
 from agents.key_stats import KeyStats, key_second_moments
-from rledit_env.editable import stack_rows
+from rledit_env.editable import TargetLogits, stack_rows
 from rledit_env.presets import architecture, locate_edit_modules, mlp_output_layer
 from rledit_env.records import EditRecord
 from rledit_env.tokenization import EncodedBatch, encode_batch, subject_last_token_index
@@ -149,7 +149,8 @@ class LocateThenEdit(EditAgent):
         self.module_names = [layers[i] for i in sorted(layers)]  # lowest layer first
         self.critical_module = self.module_names[-1]
         # the decoder layer whose output (the residual stream) the target vectors are for
-        self.critical_layer = architecture(model_config).layer_path.format(i=max(layers))
+        self.critical_index = max(layers)
+        self.critical_layer = architecture(model_config).layer_path.format(i=self.critical_index)
         texts = list(stats_texts if stats_texts is not None else self.core.stats_texts)
         self.stats_source = "given" if stats_texts is not None else self.core.stats_source
         if not texts:
@@ -248,7 +249,9 @@ class LocateThenEdit(EditAgent):
         if with_subject:
             e_prompts = [f"{records[i].subject} is a" for i in with_subject]
             # the answer is a placeholder: only the distribution after "is a" is read
-            essence = encode_batch(tok, e_prompts, [records[i].target_new for i in with_subject])
+            essence = _first_answer_token(
+                encode_batch(tok, e_prompts, [records[i].target_new for i in with_subject])
+            )
             lookup = [
                 self._lookup(p, records[i].subject) for p, i in zip(e_prompts, with_subject, strict=True)
             ]
@@ -276,13 +279,15 @@ class LocateThenEdit(EditAgent):
         return torch.tensor([int(last_prompt_token[i]) if c is None else c for i, c in enumerate(lookup)])
 
     def _target_vectors(self, requests: EditRequests) -> torch.Tensor:
-        """z = h + delta for each edit (n, d), delta found by Adam as described in the module docstring."""
+        """z = h + delta for each edit (n, d), delta found by Adam as described in the module docstring.
+
+        Each Adam step runs only what delta changes: the layers above the critical one, on each prompt's
+        tokens from its lookup token on (``EditableModel.suffix_after``; the lower layers' states and
+        the earlier tokens' keys and values are computed once). Architectures without a preset run the
+        whole model at each step, delta added by a hook.
+        """
         editable = self.core.editable
         cfg = self.config
-        bare_pos = (requests.rewrite_pos[0][requests.bare], requests.rewrite_pos[1][requests.bare])
-        h = editable.hidden_at(requests.rewrite, [self.critical_layer], bare_pos, output=True)[
-            self.critical_layer
-        ]
         n = requests.num_edits
         rows = len(requests.rewrite)
         batch, positions, edit_index = requests.rewrite, requests.rewrite_pos, requests.edit_index
@@ -293,11 +298,45 @@ class LocateThenEdit(EditAgent):
                 torch.cat([positions[1], requests.essence_pos[1]]),
             )
             edit_index = torch.cat([edit_index, requests.essence_edit_index])
-        if len(batch) > editable.eval_batch_size:
-            raise ValueError(
-                f"{len(batch)} prompts per step exceed eval_batch_size={editable.eval_batch_size}: "
-                "lower num_prefixes or the batch size, or raise eval_batch_size"
-            )
+        # the prompts and "{subject} is a" apart: each pass padded to its own rows' longest suffix
+        parts = [(requests.rewrite, requests.rewrite_pos)]
+        if requests.essence is not None:
+            parts.append((requests.essence, requests.essence_pos))
+        suffixes = []
+        for part, (part_rows, part_cols) in parts:
+            start = torch.zeros(len(part), dtype=torch.long)
+            start[part_rows] = part_cols  # one lookup token per row
+            suffixes.append(editable.suffix_after(part, self.critical_index, start))
+        if suffixes[0] is not None:
+            hidden = suffixes[0].hidden
+            h = hidden[requests.bare.to(hidden.device), 0].to(editable.device, torch.float32)
+
+            def forward(vectors: torch.Tensor) -> TargetLogits:
+                found = [editable.suffix_target_logits(suffixes[0], vectors[:rows])]
+                if len(suffixes) > 1:
+                    found.append(editable.suffix_target_logits(suffixes[1], vectors[rows:]))
+                return TargetLogits(
+                    torch.cat([t.logits for t in found]),
+                    torch.cat([t.labels for t in found]),
+                    torch.cat([found[0].rows, *(t.rows + rows for t in found[1:])]),
+                    len(batch),
+                )
+
+        else:
+            bare_pos = (requests.rewrite_pos[0][requests.bare], requests.rewrite_pos[1][requests.bare])
+            h = editable.hidden_at(requests.rewrite, [self.critical_layer], bare_pos, output=True)[
+                self.critical_layer
+            ]
+            if len(batch) > editable.eval_batch_size:
+                raise ValueError(
+                    f"{len(batch)} prompts per step exceed eval_batch_size={editable.eval_batch_size}: "
+                    "lower num_prefixes or the batch size, or raise eval_batch_size"
+                )
+
+            def forward(vectors: torch.Tensor):
+                with editable.add_to_output(self.critical_module, positions, vectors):
+                    return editable.target_logits(batch, enable_grad=True)
+
         device = editable.device
         edit_index = edit_index.to(device)
         h_norm = h.norm(dim=1)
@@ -305,11 +344,10 @@ class LocateThenEdit(EditAgent):
         optimizer = torch.optim.Adam([delta], lr=cfg.z_lr)
         reference = None
         counts = torch.bincount(requests.edit_index, minlength=n).to(device).float()
+        rewrite_edits = requests.edit_index.to(device)
         for step in range(cfg.z_steps):
-            with editable.add_to_output(self.critical_module, positions, delta[edit_index]):
-                target = editable.target_logits(batch, enable_grad=True)
+            target = forward(delta[edit_index])
             row_nll = target.nll()
-            rewrite_edits = requests.edit_index.to(device)
             nll = torch.zeros(n, device=device).index_add(0, rewrite_edits, row_nll[:rows]) / counts
             kl = torch.zeros(n, device=device)
             if requests.essence is not None:
@@ -340,17 +378,16 @@ class LocateThenEdit(EditAgent):
         self, requests: EditRequests, name: str, updates: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys of ``name`` (n, d_in), averaged over each edit's variants, and the critical layer's
-        residual stream at each bare prompt (n, d), under ``updates``."""
-        editable = self.core.editable
-        read = editable.hidden_at(requests.rewrite, [name], requests.rewrite_pos, updates=updates or None)
-        keys = self._mean_keys(read[name], requests)
-        out = editable.hidden_at(  # a second pass: hidden_at reads either inputs or outputs
+        residual stream at each bare prompt (n, d), under ``updates``: one pass, up to the critical layer."""
+        read = self.core.editable.hidden_at(
             requests.rewrite,
-            [self.critical_layer],
+            [name],
             requests.rewrite_pos,
-            output=True,
             updates=updates or None,
-        )[self.critical_layer]
+            outputs=[self.critical_layer],
+        )
+        keys = self._mean_keys(read[name], requests)
+        out = read[self.critical_layer]
         return keys, out[requests.bare.to(out.device)]
 
     @staticmethod
@@ -358,3 +395,15 @@ class LocateThenEdit(EditAgent):
         edit_index = requests.edit_index.to(keys.device)
         total = keys.new_zeros(requests.num_edits, keys.shape[1]).index_add(0, edit_index, keys)
         return total / torch.bincount(edit_index, minlength=requests.num_edits)[:, None].float()
+
+
+def _first_answer_token(batch: EncodedBatch) -> EncodedBatch:
+    """``batch`` with each row cut after its answer's first token (the only one predicted from the
+    prompt alone; what follows cannot change it, attention being causal)."""
+    first = batch.target_positions.float().argmax(1)  # the prompt's last token
+    keep = torch.arange(batch.input_ids.shape[1])[None] <= first[:, None] + 1
+    labels = torch.where(keep & (torch.arange(keep.shape[1])[None] == first[:, None] + 1), batch.labels, -100)
+    length = int(first.max()) + 2
+    return EncodedBatch(
+        (batch.input_ids * keep)[:, :length], (batch.attention_mask * keep)[:, :length], labels[:, :length]
+    )

@@ -70,6 +70,14 @@ KNOWN_DATASETS: dict[str, DataFile] = {
             packaged=True,
         ),
         DataFile(
+            "counterfact-edit",
+            "counterfact/counterfact-edit.json.gz",
+            "10,000 CounterFact edits, flat format, the whole edit split (contains counterfact-edit-1k), "
+            "no case in common with counterfact-train",
+            _CF + "; split: Jometeorie/KnowledgeSpread, Apache-2.0",
+            packaged=True,
+        ),
+        DataFile(
             "counterfact-rome-sample",
             "counterfact/counterfact-rome-format-sample.json",
             "7 CounterFact records in ROME's nested format (the RLEdit code base's preview file)",

@@ -7,6 +7,7 @@ with the key u (the layer's input) and the value gradient delta (the loss gradie
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
@@ -294,8 +295,22 @@ class EditableModel:
         if prefix is None:
             yield
             return
-        depth, layers, attention = self.frozen_depth, self._layers, self._frozen_attention
+        attention = self._frozen_attention
         hidden, attention_out = prefix.tensor_split(2, dim=-1) if attention else (prefix, None)
+        with self._start_at(self.frozen_depth, hidden, attention, attention_out):
+            yield
+
+    @contextmanager
+    def _start_at(
+        self,
+        depth: int,
+        hidden: torch.Tensor,
+        attention: str | None = None,
+        attention_out: torch.Tensor | None = None,
+    ) -> Iterator[None]:
+        """Inside the block, forward passes skip decoder layers below ``depth`` and feed ``hidden`` to
+        layer ``depth`` (and ``attention_out`` as the output of its attention block ``attention``)."""
+        layers = self._layers
         skipped = [layers[i] for i in range(depth)]
 
         def start_here(_module, args, kwargs):
@@ -539,37 +554,43 @@ class EditableModel:
         *,
         output: bool = False,
         updates: Updates | None = None,
+        outputs: Sequence[str] = (),
     ) -> dict[str, torch.Tensor]:
         """What named modules read (their input) or, with ``output=True``, write at ``positions``.
 
         Any module can be named: an edit module's input is its key, a decoder layer's output the
         residual stream after it. ``positions`` is (rows, cols) into ``batch``; None reads every
         attended token. One forward pass without gradients, at the current weights or at the
-        candidate ``updates`` (not committed). Returns {name: (P, d)} fp32 tensors on ``self.device``.
+        candidate ``updates`` (not committed), stopped once every named module has run. ``outputs``:
+        more modules whose output the same pass reads (under their own names). Returns {name: (P, d)}
+        fp32 tensors on ``self.device``.
         """
         batch = batch.to(self.input_device())
         if positions is None:
             positions = batch.attention_mask.nonzero(as_tuple=True)
         rows, cols = positions
         found: dict[str, torch.Tensor] = {}
+        reads = {n: output for n in module_names} | {n: True for n in outputs}
+        wanted = set(reads)
 
         def hook(name):
             def record(_module, args, kwargs, out):
-                value = out if output else (args[0] if args else kwargs["hidden_states"])
+                value = out if reads[name] else (args[0] if args else kwargs["hidden_states"])
                 value = value[0] if isinstance(value, tuple) else value
                 found[name] = value[rows.to(value.device), cols.to(value.device)]
+                if wanted <= found.keys():  # nothing above is read: the rest of the pass is skipped
+                    raise _StopForward
 
             return record
 
-        handles = [
-            self._named_module(n).register_forward_hook(hook(n), with_kwargs=True) for n in module_names
-        ]
+        handles = [self._named_module(n).register_forward_hook(hook(n), with_kwargs=True) for n in reads]
         try:
-            self._hidden_states(batch, updates)
+            with suppress(_StopForward):
+                self._hidden_states(batch, updates)
         finally:
             for h in handles:
                 h.remove()
-        return {n: found[n].to(device=self.device, dtype=torch.float32) for n in module_names}
+        return {n: found[n].to(device=self.device, dtype=torch.float32) for n in reads}
 
     @contextmanager
     def add_to_output(
@@ -600,6 +621,122 @@ class EditableModel:
             yield
         finally:
             handle.remove()
+
+    # ----------------------------------------------- resuming above a layer, for target-vector searches
+    @torch.no_grad()
+    def suffix_after(self, batch: EncodedBatch, layer: int, start: torch.Tensor) -> Suffix | None:
+        """What passes that only add vectors to the residual stream after decoder layer ``layer``, at
+        token ``start[i]`` of each row i, need to run from there: each row's tokens from ``start[i]`` on,
+        the residual stream after ``layer`` there, and every layer's keys and values of the tokens before
+        (which such additions never reach: attention is causal). One forward pass of the whole batch.
+
+        ``start[i]`` must be at or before row i's first answer-predicting position. None when the
+        decoder layers are unknown (an architecture without a preset, a model spread over devices) or
+        ``layer`` is the last one: then run the whole model (``add_to_output``).
+        """
+        layers = self._layers
+        if layers is None or not 0 <= layer < len(layers) - 1:
+            return None
+        batch = batch.to(self.input_device())
+        start = start.to(batch.input_ids.device)
+        found: dict[str, torch.Tensor] = {}
+
+        def capture(_module, _args, out):
+            found["hidden"] = out[0] if isinstance(out, tuple) else out
+
+        handle = layers[layer].register_forward_hook(capture)
+        try:
+            out = self.model.base_model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=True
+            )
+        finally:
+            handle.remove()
+        rows = torch.arange(len(batch), device=start.device)
+        target_rows, target_cols = batch.target_positions.nonzero(as_tuple=True)
+        labels = batch.labels[target_rows, target_cols + 1]
+        # the tokens a row's logits need: from its start to its last answer-predicting position
+        ends = torch.zeros_like(start).scatter_reduce(0, target_rows, target_cols + 1, "amax")
+        width = int((ends - start).max())
+        cols = start[:, None] + torch.arange(width, device=start.device)  # (B, width)
+        inside = cols < ends[:, None]
+        cols = torch.where(inside, cols, 0)
+        take = (rows[:, None], cols)
+        prefix_length = int(start.max())
+        prefix_mask = (torch.arange(prefix_length, device=start.device) < start[:, None]).long()
+        cache = None
+        if prefix_length:
+            keep = prefix_mask[:, None, :, None].bool()
+            cache = [
+                tuple(
+                    torch.where(keep, t[:, :, :prefix_length], 0)
+                    for t in (cache_layer.keys, cache_layer.values)
+                )
+                for cache_layer in (out.cache if hasattr(out, "cache") else out.past_key_values).layers
+            ]
+        return Suffix(
+            input_ids=torch.where(inside, batch.input_ids[take], 0),
+            hidden=found["hidden"][take] * inside[..., None],
+            attention_mask=torch.cat([prefix_mask, inside.long()], 1),
+            position_ids=cols,
+            targets=(target_rows, target_cols - start[target_rows]),
+            labels=labels,
+            num_rows=len(batch),
+            cache=cache,
+            layer=layer,
+        )
+
+    def _cache_argument(self) -> str:
+        """The base model's name for a key-value cache (``cache`` since transformers 5.25)."""
+        parameters = inspect.signature(self.model.base_model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    def suffix_target_logits(self, suffix: Suffix, added: torch.Tensor) -> TargetLogits:
+        """``target_logits`` of the batch ``suffix`` was cut from, with ``added[i]`` (B, d) added to the
+        residual stream after its layer at row i's first suffix token; differentiable in ``added``.
+
+        Runs only the layers above ``suffix.layer``, only on the suffix tokens (the tokens before read
+        from the cache), and the last layer's MLP only where logits are read.
+        """
+        from transformers import DynamicCache
+
+        first = suffix.hidden[:, :1] + added[:, None].to(suffix.hidden.dtype)
+        hidden = torch.cat([first, suffix.hidden[:, 1:]], 1)
+        cache = None
+        if suffix.cache is not None:
+            cache = DynamicCache(ddp_cache_data=suffix.cache, config=self.model.config)
+        at_targets = torch.zeros_like(suffix.input_ids, dtype=torch.bool)
+        at_targets[suffix.targets] = True
+        with torch.enable_grad():
+            with self._start_at(suffix.layer + 1, hidden), self._top_mlp_at(at_targets):
+                out = self.model.base_model(
+                    input_ids=suffix.input_ids,
+                    attention_mask=suffix.attention_mask,
+                    position_ids=suffix.position_ids,
+                    **{self._cache_argument(): cache},
+                    use_cache=cache is not None,
+                ).last_hidden_state
+            logits = self._logits(out[suffix.targets])
+        return TargetLogits(
+            logits,
+            suffix.labels.to(logits.device),
+            suffix.targets[0].to(logits.device),
+            suffix.num_rows,
+        )
+
+
+@dataclass
+class Suffix:
+    """A batch cut at a token of each row, to resume above a decoder layer (``suffix_after``)."""
+
+    input_ids: torch.Tensor  # (B, width): each row's tokens from its start to its last logit read
+    hidden: torch.Tensor  # (B, width, d): the residual stream after ``layer`` at those tokens
+    attention_mask: torch.Tensor  # (B, P + width): the tokens before each start (P the most), then these
+    position_ids: torch.Tensor  # (B, width): the tokens' positions in their whole rows
+    targets: tuple[torch.Tensor, torch.Tensor]  # (rows, cols) of the answer-predicting positions
+    labels: torch.Tensor  # (N,) the answer token each of them predicts
+    num_rows: int
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None  # each layer's keys and values of the P tokens
+    layer: int
 
 
 def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -665,7 +802,8 @@ def stack_rows(batches: Sequence[EncodedBatch]) -> EncodedBatch:
 
 
 class _StopForward(Exception):
-    """Ends a forward pass early, once the hidden states ``frozen_prefix`` reads are there."""
+    """Ends a forward pass early, once the hidden states ``frozen_prefix`` or ``hidden_at`` read are
+    there."""
 
 
 class _Constant(nn.Module):

@@ -142,6 +142,18 @@ def test_json_lines_and_limit(tmp_path):
     assert load_dataset(jsonl, limit=0) == []
 
 
+def test_the_whole_counterfact_edit_split_is_packaged_apart_from_the_training_split(monkeypatch):
+    monkeypatch.delenv("RLEDIT_DATA_DIR", raising=False)
+    path = resolve_dataset("counterfact-edit")
+    assert path.is_relative_to(PACKAGED_DIR) and path.name.endswith(".json.gz")  # compressed
+    edits = load_dataset("counterfact-edit")
+    assert len(edits) == 10_000
+    ids = {r.case_id for r in edits}
+    assert len(ids) == 10_000 and None not in ids
+    assert not ids & {r.case_id for r in load_dataset("counterfact-train")}
+    assert {r.case_id for r in load_dataset("counterfact-edit-1k")} <= ids  # the 1k file is part of it
+
+
 def test_short_names_resolve_to_the_packaged_samples(monkeypatch, tmp_path):
     monkeypatch.delenv("RLEDIT_DATA_DIR", raising=False)
     assert resolve_dataset("fever").is_relative_to(PACKAGED_DIR)

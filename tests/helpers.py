@@ -30,6 +30,30 @@ def _loaded(name: str) -> LoadedModel:
     return load_model(name)
 
 
+def save_random_llama(path: Path, num_layers: int = 4, dtype: torch.dtype = torch.float32) -> Path:
+    """A random-weight Llama of TinyWorld's tiny vocabulary, saved with its tokenizer to ``path``: a
+    model no registered name or settings table knows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _loaded("tinyworld-tiny").editable.tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).to(dtype).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def tiny_env(name: str = "tinyworld-tiny", **kwargs) -> LifelongEditEnv:
     """An environment on a tiny TinyWorld model, loaded once per test session and restored per env."""
     loaded = _loaded(name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from rledit_env.editable import EditableModel
 from rledit_env.envs import LifelongEditEnv
@@ -25,26 +24,9 @@ EDITED = [f"model.layers.{i}.mlp.down_proj" for i in (1, 3)]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A random-weight Llama of TinyWorld's tiny vocabulary, saved in bf16 with its tokenizer."""
-    from helpers import _loaded
+    from helpers import save_random_llama
 
-    tokenizer = _loaded("tinyworld-tiny").editable.tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_llama(tmp_path_factory.mktemp("tiny-llama"), LAYERS, torch.bfloat16)
 
 
 def _records():

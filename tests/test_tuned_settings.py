@@ -10,10 +10,8 @@ import logging
 
 import pandas as pd
 import pytest
-import torch
-from helpers import TINY_MODELS, _loaded, tiny_env
+from helpers import TINY_MODELS, _loaded, save_random_llama, tiny_env
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from agents import RLEdit, RLEditConfig, UltraEdit, UltraEditConfig, run_episode
 from agents import auto_settings as auto
@@ -113,23 +111,7 @@ def test_the_shipped_configurations_resolve_to_the_settings_they_held():
 def unknown_model(tmp_path):
     """A random-weight tiny Llama saved to a local directory, and a small record file: a model that
     the settings table does not know."""
-    tokenizer = _loaded("tinyworld-tiny").editable.tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path / "my-llama"
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = save_random_llama(tmp_path / "my-llama")
     records = _loaded("tinyworld-tiny").splits["train"][:60]
     return path, records
 

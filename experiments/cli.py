@@ -275,7 +275,7 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
         except CellsFailed as exc:
             print(f"rledit: {exc}", file=sys.stderr)
             return 1
-        write_metadata(dataclasses.asdict(config), out)
+        write_metadata(dataclasses.asdict(config), out, results)
         _summarise(results, out, f"{config.name}: {config.model}", out)
     return 0
 

@@ -340,8 +340,15 @@ def run_metadata(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_metadata(config: dict[str, Any], out_dir: Path) -> None:
-    write_text_atomic(out_dir / "run.json", json.dumps(run_metadata(config), indent=2, default=str))
+def write_metadata(config: dict[str, Any], out_dir: Path, results: pd.DataFrame | None = None) -> None:
+    """run.json: ``run_metadata(config)`` and, from ``results``, each agent's settings that were left at
+    "auto" with the value each got and where from (the model's table, a calibration)."""
+    metadata = run_metadata(config)
+    if results is not None and "auto_settings" in results.columns:
+        final = results[results["final"].astype(bool)].dropna(subset=["auto_settings"])
+        filled = {a: json.loads(p["auto_settings"].iloc[-1]) for a, p in final.groupby("agent", sort=False)}
+        metadata["agent_settings"] = {agent: settings for agent, settings in filled.items() if settings}
+    write_text_atomic(out_dir / "run.json", json.dumps(metadata, indent=2, default=str))
 
 
 # --- documentation pages --------------------------------------------------------------------------------

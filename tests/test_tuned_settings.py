@@ -195,6 +195,8 @@ def test_the_command_line_with_no_configuration_edits_and_flags_what_did_not(mod
         assert eff[agent] >= eff["noedit"] + 0.3, agent
     settings = json.loads(final.set_index("agent").loc["memit", "auto_settings"])
     assert settings["mom2_weight"] == [10.0, f"tuned for {model}"]
+    recorded = json.loads((out / "run.json").read_text())["agent_settings"]
+    assert recorded["memit"] == settings and "noedit" not in recorded  # no-edit has nothing to fill
     assert "Warning" not in (out / "summary.md").read_text()
     assert did_not_edit(final) == []
 

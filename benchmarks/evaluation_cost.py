@@ -31,11 +31,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from baseline_tree import trees
+
 BASELINE = "10b7061"  # the last commit before this benchmark's work (issue 13)
 PUBLISHED = {"paraphrases_per_edit": 1, "neighbours_per_edit": 1}
 
@@ -190,23 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         from rledit_env.datasets import resolve_dataset
 
         args.dataset = str(resolve_dataset(args.dataset).resolve())
-    trees = {"now": ROOT}
-    tmp = None
-    if not args.no_baseline:
-        tmp = tempfile.mkdtemp(prefix="rledit-baseline-")
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, args.baseline],
-            check=True,
-            capture_output=True,
-        )
-        trees["baseline"] = Path(tmp)
-    try:
-        report(trees, args)
-    finally:
-        if tmp is not None:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True
-            )
+    with trees(None if args.no_baseline else args.baseline) as found:
+        report(found, args)
 
 
 def print_ratio(label: str, totals: dict, numerator: str, denominator: str) -> None:

@@ -23,11 +23,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from baseline_tree import trees
+
 BASELINE = "5931f45"  # the last commit before this benchmark's work (issue 35)
 AGENTS = ("memit", "alphaedit", "finetune")
 
@@ -127,23 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     # paths both trees read (an earlier commit may resolve dataset names elsewhere)
     args.dataset = str(resolve_dataset(args.dataset).resolve())
     args.train_dataset = str(resolve_dataset(args.train_dataset).resolve())
-    trees = {"now": ROOT}
-    tmp = None
-    if not args.no_baseline:
-        tmp = tempfile.mkdtemp(prefix="rledit-baseline-")
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, args.baseline],
-            check=True,
-            capture_output=True,
-        )
-        trees["baseline"] = Path(tmp)
-    try:
-        report(trees, args)
-    finally:
-        if tmp is not None:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True
-            )
+    with trees(None if args.no_baseline else args.baseline) as found:
+        report(found, args)
 
 
 def report(trees: dict[str, Path], args) -> None:

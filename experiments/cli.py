@@ -281,7 +281,7 @@ def _run_benchmark(config, args, checkpoints=None) -> int:
 
 
 def _report(args) -> int:
-    import pandas as pd
+    from experiments.results_table import read_results
 
     results_dir = Path(args.results)
     csv = results_dir / "results.csv"
@@ -305,10 +305,10 @@ def _report(args) -> int:
     if args.format == "easyedit":
         from experiments.report import write_easyedit
 
-        path = write_easyedit(pd.read_csv(csv), out / "easyedit.json")
+        path = write_easyedit(read_results(csv), out / "easyedit.json")
         print(f"wrote {path}")
         return 0
-    _summarise(pd.read_csv(csv), out, args.title or results_dir.name, results_dir)
+    _summarise(read_results(csv), out, args.title or results_dir.name, results_dir)
     return 0
 
 

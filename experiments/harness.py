@@ -29,6 +29,7 @@ from agents.base import Callback
 from experiments.lock import results_lock
 from experiments.registry import AgentSpec, agent_settings, agent_spec, build_agent, train_or_load
 from experiments.report import training_log_name
+from experiments.results_table import append_results, done_runs, latest_runs, load_results
 from experiments.tracking import Tracking, run_group
 from rledit_env.atomic import atomic_path
 from rledit_env.editable import EditableModel
@@ -37,7 +38,6 @@ from rledit_env.envs.lifelong_edit import resolve_evaluation
 from rledit_env.general_probe import GeneralProbeConfig, probe_general
 from rledit_env.models import LoadedModel, load_model
 
-RUN_KEYS = ["agent", "model", "dataset", "schedule", "seed"]
 Cell = tuple[str, str, int]  # (agent, schedule, seed): one run of a benchmark (its model and dataset fixed)
 
 
@@ -314,8 +314,8 @@ class Benchmark:
     def pending(self) -> list[Cell]:
         """The (agent, schedule, seed) cells not yet in results.csv, in the configuration's order."""
         cfg = self.config
-        done = load_results(self.results_path)
-        finished = set() if done.empty else set(map(tuple, done[RUN_KEYS].astype(str).values))
+        # a run measured under a narrower protocol than this configuration's is run again
+        finished = done_runs(load_results(self.results_path), resolve_evaluation(cfg.evaluation, cfg.model))
         runs = [(a, s, seed) for seed in cfg.seeds for s in cfg.schedules for a in cfg.agents]
         todo = [r for r in runs if (r[0], cfg.model, self.dataset_name, r[1], str(r[2])) not in finished]
         if len(todo) < len(runs) and self.verbose:
@@ -355,7 +355,7 @@ class Benchmark:
                 bar.update()
         if failures:
             raise CellsFailed([f.cell for f in failures])
-        return self._in_agent_order(load_results(self.results_path))
+        return self._in_agent_order(latest_runs(load_results(self.results_path)))
 
     def _in_agent_order(self, results: pd.DataFrame) -> pd.DataFrame:
         """The rows by the configuration's agent order (cells on Ray finish in any order); agents of
@@ -496,21 +496,6 @@ class Benchmark:
             with atomic_path(self.out_dir / training_log_name(name, schedule, seed)) as tmp:
                 pd.DataFrame(log).to_csv(tmp, index=False)
         return agent, train_time
-
-
-def load_results(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
-
-
-def append_results(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Add ``rows`` to the results table at ``path``: read it, append, write a temporary file, rename
-    (a plain append killed midway would leave a torn last line that breaks every later read)."""
-    frame = pd.DataFrame(rows)
-    done = load_results(path)
-    table = frame if done.empty else pd.concat([done, frame], ignore_index=True)
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
 
 
 def peak_memory_mib() -> float:

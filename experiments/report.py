@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from experiments.results_table import read_results
 from rledit_env.atomic import write_text_atomic
 from rledit_env.general_probe import COLUMNS as PROBE_COLUMNS
 from rledit_env.generation import GENERATION_METRICS
@@ -383,7 +384,7 @@ def docs_page(results_dir: Path, page_dir: Path) -> str:
         "not this page.*",
         "\n".join(summary[1:]).strip(),
     ]
-    results = pd.read_csv(results_dir / "results.csv")
+    results = read_results(results_dir / "results.csv")
     along = along_the_sequence(results)
     if along:
         parts.append(along)

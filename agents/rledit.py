@@ -223,6 +223,7 @@ class _Validation:
         )
         self.unedited_ppl = perplexity(core.editable, core.probe_texts)  # the bound's reference
         self.best: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None  # (its row, its state)
+        agent.validation_log = []  # one row per validation, the untrained network's first
 
     def score(self, episode: int) -> dict[str, float]:
         """Validate the network after ``episode`` training episodes; its figures, for the training log."""
@@ -237,6 +238,9 @@ class _Validation:
         finally:
             agent.net.load_state_dict(state)  # acting folded the sequence into the normaliser
         row = {"episode": episode, "score": selection_score(metrics), "ppl": float(metrics["ppl"])}
+        agent.validation_log.append(
+            {"episodes_trained": episode, "valid_score": row["score"], "valid_ppl": row["ppl"]}
+        )
         if self.best is None or choose([self.best[0], row], "episode", self.unedited_ppl) == episode:
             self.best = (row, state)
         return {"valid_score": row["score"], "valid_ppl": row["ppl"]}
@@ -246,4 +250,6 @@ class _Validation:
         row, state = self.best
         self.agent.net.load_state_dict(state)
         self.agent.validated_episode = row["episode"]
+        for logged in self.agent.validation_log:
+            logged["kept"] = logged["episodes_trained"] == row["episode"]
         self.env.close()

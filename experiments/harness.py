@@ -491,10 +491,13 @@ class Benchmark:
             callback=callback,
         )
         agent.settings_sources = sources
-        log = getattr(agent, "training_log", None)
-        if log and not trained:
-            with atomic_path(self.out_dir / training_log_name(name, schedule, seed)) as tmp:
-                pd.DataFrame(log).to_csv(tmp, index=False)
+        if not trained:
+            # the learning curve, and RLEdit's validations (the untrained network's included)
+            for kind in ("training", "validation"):
+                log = getattr(agent, f"{kind}_log", None)
+                if log:
+                    with atomic_path(self.out_dir / training_log_name(name, schedule, seed, kind)) as tmp:
+                        pd.DataFrame(log).to_csv(tmp, index=False)
         return agent, train_time
 
 

@@ -269,9 +269,10 @@ def _plot_retention(
 TRAINING_LOG = re.compile(r"training-(?P<agent>.+)-(?P<schedule>\d+x\d+)-seed(?P<seed>-?\d+)\.csv")
 
 
-def training_log_name(agent: str, schedule: str, seed: int) -> str:
-    """The file an agent's training log is saved to in a results folder (``TRAINING_LOG`` reads it)."""
-    return f"training-{agent}-{schedule}-seed{seed}.csv"
+def training_log_name(agent: str, schedule: str, seed: int, kind: str = "training") -> str:
+    """The file an agent's training log (``kind="training"``; ``TRAINING_LOG`` reads it) or validation log
+    (``"validation"``) is saved to in a results folder."""
+    return f"{kind}-{agent}-{schedule}-seed{seed}.csv"
 
 
 def plot_training(logs_dir: Path, out_dir: Path | None = None, window: int = 5) -> Path | None:

@@ -90,5 +90,30 @@ def test_validation_keeps_the_best_network_the_untrained_one_a_candidate():
     log = agent.training_log
     assert all("valid_score" in row and "valid_ppl" in row for row in log)
     assert agent.validated_episode in (0, 1, 2, 3)
+    validations = agent.validation_log  # the untrained network's validation first, then one per episode
+    assert [row["episodes_trained"] for row in validations] == [0, 1, 2, 3]
+    assert [row["kept"] for row in validations] == [
+        row["episodes_trained"] == agent.validated_episode for row in validations
+    ]
+    assert [row["valid_score"] for row in validations[1:]] == [row["valid_score"] for row in log]
     with pytest.raises(ValueError, match="validate_every"):
         RLEditConfig(validate_every=0)
+
+
+def test_the_benchmark_writes_the_validations_beside_the_training_log(tmp_path):
+    import pandas as pd
+
+    from experiments.harness import Benchmark, BenchmarkConfig
+
+    config = BenchmarkConfig(
+        model="tinyworld-tiny",
+        schedules=["2x3"],
+        agents=["rledit"],
+        train_episodes={"rledit": 2},
+        agent_configs={"rledit": {**SMALL, "validate_every": 1, "train_num_batches": 2}},
+    )
+    Benchmark(config, tmp_path, progress=False).run()
+    training = pd.read_csv(tmp_path / "training-rledit-2x3-seed0.csv")
+    validation = pd.read_csv(tmp_path / "validation-rledit-2x3-seed0.csv")
+    assert validation["episodes_trained"].tolist() == [0, 1, 2] and validation["kept"].sum() == 1
+    assert validation["valid_score"].tolist()[1:] == training["valid_score"].tolist()

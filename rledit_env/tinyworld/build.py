@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from rledit_env.atomic import atomic_path
 from rledit_env.cache import cache_root, cached_build
+from rledit_env.log import get_logger
 from rledit_env.tinyworld.world import TinyWorld, TinyWorldConfig
 from rledit_env.tokenization import IGNORE_INDEX, encode_one
 
@@ -236,6 +237,20 @@ def lr_factor(config: TinyWorldConfig, step: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
 
+log = get_logger("tinyworld")
+
+
+def native_bf16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); None where torch cannot tell.
+    Without it, bf16 autocast is emulated and slower than fp32 (docs/measurements.md has the figures)."""
+    # private helpers of torch's CPU backend, absent in some builds
+    names = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    checks = [getattr(torch.cpu, name, None) for name in names]
+    if any(check is None for check in checks):
+        return None
+    return any(check() for check in checks)
+
+
 def train_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -265,6 +280,13 @@ def train_model(
     from it: an interrupted build resumes, and ends with the same weights as an uninterrupted one.
     """
     config = world.config
+    if config.bf16_steps and native_bf16() is False:
+        log.warning(
+            "this CPU has no native bfloat16 (AVX512-BF16 or AMX): the build's first %d steps run under "
+            "emulated bf16 autocast, about 2x slower than fp32, so it takes several times its usual hour "
+            "(docs/measurements.md); it resumes if interrupted",
+            config.bf16_steps,
+        )
     q = _Queries.build(tokenizer, world)
     n = len(q.groups)
     lm_labels = q.input_ids.masked_fill(q.attention == 0, IGNORE_INDEX)

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,12 +38,14 @@ import torch
 from agents.auto_settings import AUTO, AutoSetting, check_positive, is_auto
 from agents.base import AgentConfig, EditAgent, like_observation
 from agents.key_stats import KeyStats, key_second_moments
-from rledit_env.editable import TargetLogits, stack_rows
+from rledit_env.editable import stack_rows
 from rledit_env.presets import architecture, locate_edit_modules, mlp_output_layer
 from rledit_env.records import EditRecord
 from rledit_env.tokenization import EncodedBatch, encode_batch, subject_last_token_index
 
 LOOKUPS = ("subject_last", "last")
+# the target search's pass: (delta, rewrite rows, "{subject} is a" rows) -> (rows' NLL, log-probabilities)
+SearchPass = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -281,24 +283,65 @@ class LocateThenEdit(EditAgent):
     def _target_vectors(self, requests: EditRequests) -> torch.Tensor:
         """z = h + delta for each edit (n, d), delta found by Adam as described in the module docstring.
 
-        Each Adam step runs only what delta changes: the layers above the critical one, on each prompt's
-        tokens from its lookup token on (``EditableModel.suffix_after``; the lower layers' states and
-        the earlier tokens' keys and values are computed once). Architectures without a preset run the
-        whole model at each step, delta added by a hook.
+        Each edit's search stops on its own once its loss is below ``z_stop_loss`` (as MEMIT's, which
+        optimises one edit at a time; the edits are independent: each delta reaches only its own loss,
+        and Adam and the clamp act row by row). Each Adam step runs only what delta changes, for the
+        edits still searching: the layers above the critical one, on each prompt's tokens from its lookup
+        token on (``EditableModel.suffix_after``; the lower layers' states and the earlier tokens' keys
+        and values are computed once). Architectures without a preset run the whole model at each step,
+        delta added by a hook.
         """
         editable = self.core.editable
         cfg = self.config
+        device = editable.device
         n = requests.num_edits
-        rows = len(requests.rewrite)
-        batch, positions, edit_index = requests.rewrite, requests.rewrite_pos, requests.edit_index
-        if requests.essence is not None:
-            batch = stack_rows([requests.rewrite, requests.essence])
-            positions = (
-                torch.cat([positions[0], requests.essence_pos[0] + rows]),
-                torch.cat([positions[1], requests.essence_pos[1]]),
-            )
-            edit_index = torch.cat([edit_index, requests.essence_edit_index])
-        # the prompts and "{subject} is a" apart: each pass padded to its own rows' longest suffix
+        rewrite_edits = requests.edit_index.to(device)
+        essence_edits = requests.essence_edit_index.to(device)
+        forward, h = self._search_pass(requests)
+        h_norm = h.norm(dim=1)
+        delta = torch.zeros_like(h, requires_grad=True)
+        optimizer = torch.optim.Adam([delta], lr=cfg.z_lr)
+        reference = None  # each "{subject} is a" row's next-token distribution before the edit
+        counts = torch.bincount(rewrite_edits, minlength=n).float()
+        searching = torch.ones(n, dtype=torch.bool, device=device)
+        for step in range(cfg.z_steps):
+            rewrite_rows = searching[rewrite_edits].nonzero().squeeze(1)
+            essence_rows = searching[essence_edits].nonzero().squeeze(1)
+            row_nll, logprobs = forward(delta, rewrite_rows, essence_rows)
+            nll = torch.zeros(n, device=device).index_add(0, rewrite_edits[rewrite_rows], row_nll) / counts
+            kl = torch.zeros(n, device=device)
+            if logprobs is not None:
+                if reference is None:  # the first step scores every row
+                    reference = logprobs.detach()
+                before = reference[essence_rows]
+                row_kl = (before.exp() * (before - logprobs)).sum(-1)
+                kl = kl.index_add(0, essence_edits[essence_rows], row_kl)
+            loss = nll + cfg.kl_factor * kl + cfg.z_weight_decay * delta.norm(dim=1) / h_norm**2
+            searching &= loss.detach() >= cfg.z_stop_loss
+            if not searching.any() or step == cfg.z_steps - 1:
+                break
+            optimizer.zero_grad()
+            loss[searching].sum().backward()  # each edit's delta only reaches its own loss
+            done = delta.detach()[~searching].clone()
+            optimizer.step()
+            with torch.no_grad():
+                delta[~searching] = done  # Adam's momentum would move the finished ones too
+                limit = cfg.clamp_norm_factor * h_norm
+                norm = delta.norm(dim=1)
+                delta.mul_(
+                    torch.where(norm > limit, limit / norm.clamp(min=1e-12), torch.ones_like(norm))[:, None]
+                )
+        return h + delta.detach()
+
+    def _search_pass(self, requests: EditRequests) -> tuple[SearchPass, torch.Tensor]:
+        """The target search's pass and h, the critical layer's residual stream at each bare prompt's
+        lookup token (n, d). The pass maps (delta (n, d), rewrite rows, "{subject} is a" rows) to the
+        rewrite rows' mean answer NLL and the other rows' next-token log-probabilities (None without
+        them), delta[i] added to edit i's rows at their lookup tokens."""
+        editable = self.core.editable
+        device = editable.device
+        rewrite_edits = requests.edit_index.to(device)
+        essence_edits = requests.essence_edit_index.to(device)
         parts = [(requests.rewrite, requests.rewrite_pos)]
         if requests.essence is not None:
             parts.append((requests.essence, requests.essence_pos))
@@ -307,72 +350,52 @@ class LocateThenEdit(EditAgent):
             start = torch.zeros(len(part), dtype=torch.long)
             start[part_rows] = part_cols  # one lookup token per row
             suffixes.append(editable.suffix_after(part, self.critical_index, start))
-        if suffixes[0] is not None:
+        if suffixes[0] is not None:  # each part padded to its own rows' longest suffix
             hidden = suffixes[0].hidden
-            h = hidden[requests.bare.to(hidden.device), 0].to(editable.device, torch.float32)
+            h = hidden[requests.bare.to(hidden.device), 0].to(device, torch.float32)
 
-            def forward(vectors: torch.Tensor) -> TargetLogits:
-                found = [editable.suffix_target_logits(suffixes[0], vectors[:rows])]
-                if len(suffixes) > 1:
-                    found.append(editable.suffix_target_logits(suffixes[1], vectors[rows:]))
-                return TargetLogits(
-                    torch.cat([t.logits for t in found]),
-                    torch.cat([t.labels for t in found]),
-                    torch.cat([found[0].rows, *(t.rows + rows for t in found[1:])]),
-                    len(batch),
-                )
+            def cut_pass(delta, rewrite_rows, essence_rows):
+                rewrite = suffixes[0].select(rewrite_rows)
+                row_nll = editable.suffix_target_logits(rewrite, delta[rewrite_edits[rewrite_rows]]).nll()
+                if len(suffixes) == 1 or not len(essence_rows):
+                    return row_nll, None
+                essence = suffixes[1].select(essence_rows)
+                found = editable.suffix_target_logits(essence, delta[essence_edits[essence_rows]])
+                return row_nll, torch.log_softmax(found.logits, -1)  # one token a row
 
-        else:
-            bare_pos = (requests.rewrite_pos[0][requests.bare], requests.rewrite_pos[1][requests.bare])
-            h = editable.hidden_at(requests.rewrite, [self.critical_layer], bare_pos, output=True)[
-                self.critical_layer
-            ]
-            if len(batch) > editable.eval_batch_size:
-                raise ValueError(
-                    f"{len(batch)} prompts per step exceed eval_batch_size={editable.eval_batch_size}: "
-                    "lower num_prefixes or the batch size, or raise eval_batch_size"
-                )
+            return cut_pass, h
 
-            def forward(vectors: torch.Tensor):
-                with editable.add_to_output(self.critical_module, positions, vectors):
-                    return editable.target_logits(batch, enable_grad=True)
+        rows = len(requests.rewrite)
+        batch, positions = requests.rewrite, requests.rewrite_pos
+        edit_index = rewrite_edits
+        if requests.essence is not None:
+            batch = stack_rows([requests.rewrite, requests.essence])
+            positions = (
+                torch.cat([positions[0], requests.essence_pos[0] + rows]),
+                torch.cat([positions[1], requests.essence_pos[1]]),
+            )
+            edit_index = torch.cat([edit_index, essence_edits])
+        if len(batch) > editable.eval_batch_size:
+            raise ValueError(
+                f"{len(batch)} prompts per step exceed eval_batch_size={editable.eval_batch_size}: "
+                "lower num_prefixes or the batch size, or raise eval_batch_size"
+            )
+        bare_pos = (requests.rewrite_pos[0][requests.bare], requests.rewrite_pos[1][requests.bare])
+        h = editable.hidden_at(requests.rewrite, [self.critical_layer], bare_pos, output=True)[
+            self.critical_layer
+        ]
 
-        device = editable.device
-        edit_index = edit_index.to(device)
-        h_norm = h.norm(dim=1)
-        delta = torch.zeros_like(h, requires_grad=True)
-        optimizer = torch.optim.Adam([delta], lr=cfg.z_lr)
-        reference = None
-        counts = torch.bincount(requests.edit_index, minlength=n).to(device).float()
-        rewrite_edits = requests.edit_index.to(device)
-        for step in range(cfg.z_steps):
-            target = forward(delta[edit_index])
+        def whole_pass(delta, rewrite_rows, essence_rows):
+            with editable.add_to_output(self.critical_module, positions, delta[edit_index]):
+                target = editable.target_logits(batch, enable_grad=True)
             row_nll = target.nll()
-            nll = torch.zeros(n, device=device).index_add(0, rewrite_edits, row_nll[:rows]) / counts
-            kl = torch.zeros(n, device=device)
-            if requests.essence is not None:
-                essence_tok = target.rows >= rows
-                first = essence_tok & torch.cat(
-                    [essence_tok.new_ones(1), target.rows[1:] != target.rows[:-1]]
-                )
-                logprobs = torch.log_softmax(target.logits[first], -1)
-                if reference is None:
-                    reference = logprobs.detach()
-                row_kl = (reference.exp() * (reference - logprobs)).sum(-1)
-                kl = kl.index_add(0, requests.essence_edit_index.to(device), row_kl)
-            loss = nll + cfg.kl_factor * kl + cfg.z_weight_decay * delta.norm(dim=1) / h_norm**2
-            if float(loss.detach().max()) < cfg.z_stop_loss or step == cfg.z_steps - 1:
-                break
-            optimizer.zero_grad()
-            loss.sum().backward()  # each edit's delta only reaches its own loss
-            optimizer.step()
-            with torch.no_grad():
-                limit = cfg.clamp_norm_factor * h_norm
-                norm = delta.norm(dim=1)
-                delta.mul_(
-                    torch.where(norm > limit, limit / norm.clamp(min=1e-12), torch.ones_like(norm))[:, None]
-                )
-        return h + delta.detach()
+            if requests.essence is None or not len(essence_rows):
+                return row_nll[rewrite_rows], None
+            # the "{subject} is a" rows hold one answer token each
+            logprobs = torch.log_softmax(target.logits[target.rows >= rows], -1)
+            return row_nll[rewrite_rows], logprobs[essence_rows]
+
+        return whole_pass, h
 
     def _read(
         self, requests: EditRequests, name: str, updates: dict[str, torch.Tensor]

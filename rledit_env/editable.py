@@ -738,6 +738,36 @@ class Suffix:
     cache: list[tuple[torch.Tensor, torch.Tensor]] | None  # each layer's keys and values of the P tokens
     layer: int
 
+    def select(self, rows: torch.Tensor) -> Suffix:
+        """The suffix of the rows ``rows`` (ascending) alone, cut to their own longest prefix and suffix
+        (a row's tokens and its cached prefix are left-aligned, padding after them)."""
+        if len(rows) == self.num_rows:
+            return self
+        device = self.input_ids.device
+        rows = rows.to(device)
+        prefix = self.attention_mask.shape[1] - self.input_ids.shape[1]
+        mask = self.attention_mask[rows]
+        kept_prefix = int(mask[:, :prefix].sum(1).max()) if prefix else 0
+        width = int(mask[:, prefix:].sum(1).max())
+        renumber = torch.full((self.num_rows,), -1, dtype=torch.long, device=device)
+        renumber[rows] = torch.arange(len(rows), device=device)
+        target_rows, target_cols = self.targets
+        keep = renumber[target_rows] >= 0
+        cache = None
+        if self.cache is not None and kept_prefix:
+            cache = [(k[rows, :, :kept_prefix], v[rows, :, :kept_prefix]) for k, v in self.cache]
+        return Suffix(
+            input_ids=self.input_ids[rows, :width],
+            hidden=self.hidden[rows, :width],
+            attention_mask=torch.cat([mask[:, :kept_prefix], mask[:, prefix : prefix + width]], 1),
+            position_ids=self.position_ids[rows, :width],
+            targets=(renumber[target_rows[keep]], target_cols[keep]),
+            labels=self.labels[keep],
+            num_rows=len(rows),
+            cache=cache,
+            layer=self.layer,
+        )
+
 
 def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     """dW = argmin ||U dW - V||^2 + lam ||dW||^2, as (d_in, d_out), in fp32.

@@ -27,7 +27,8 @@ from rledit_env.tokenization import encode_batch
 
 # ------------------------------------------------------------------------ the reference computations
 def reference_target_vectors(agent, requests: EditRequests) -> torch.Tensor:
-    """``LocateThenEdit._target_vectors`` at 5931f45: every Adam step a whole-model pass."""
+    """``LocateThenEdit._target_vectors`` at 5931f45: every Adam step a whole-model pass of every row;
+    each edit's search stopping on its own (since the per-edit stop, as MEMIT's)."""
     editable = agent.core.editable
     cfg = agent.config
     bare_pos = (requests.rewrite_pos[0][requests.bare], requests.rewrite_pos[1][requests.bare])
@@ -51,6 +52,7 @@ def reference_target_vectors(agent, requests: EditRequests) -> torch.Tensor:
     optimizer = torch.optim.Adam([delta], lr=cfg.z_lr)
     reference = None
     counts = torch.bincount(requests.edit_index, minlength=n).to(device).float()
+    searching = torch.ones(n, dtype=torch.bool, device=device)  # each edit stops on its own (MEMIT's)
     for step in range(cfg.z_steps):
         with editable.add_to_output(agent.critical_module, positions, delta[edit_index]):
             target = editable.target_logits(batch, enable_grad=True)
@@ -67,12 +69,15 @@ def reference_target_vectors(agent, requests: EditRequests) -> torch.Tensor:
             row_kl = (reference.exp() * (reference - logprobs)).sum(-1)
             kl = kl.index_add(0, requests.essence_edit_index.to(device), row_kl)
         loss = nll + cfg.kl_factor * kl + cfg.z_weight_decay * delta.norm(dim=1) / h_norm**2
-        if float(loss.detach().max()) < cfg.z_stop_loss or step == cfg.z_steps - 1:
+        searching &= loss.detach() >= cfg.z_stop_loss
+        if not searching.any() or step == cfg.z_steps - 1:
             break
         optimizer.zero_grad()
-        loss.sum().backward()
+        loss[searching].sum().backward()
+        done = delta.detach()[~searching].clone()
         optimizer.step()
         with torch.no_grad():
+            delta[~searching] = done
             limit = cfg.clamp_norm_factor * h_norm
             norm = delta.norm(dim=1)
             delta.mul_(
@@ -161,10 +166,14 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("stats")
 
 
-@pytest.mark.parametrize("lookup,prefixes", [("last", 0), ("subject_last", 2)])
+@pytest.mark.parametrize(
+    "lookup,prefixes,stop", [("last", 0, 0.05), ("subject_last", 2, 0.05), ("subject_last", 1, 2.0)]
+)
 @pytest.mark.parametrize("agent_cls", [MEMIT, AlphaEdit])
-def test_locate_then_edit_matches_the_whole_model_reference(loaded, cache_dir, agent_cls, lookup, prefixes):
-    settings = {**SHARED, "lookup": lookup, "num_prefixes": prefixes}
+def test_locate_then_edit_matches_the_whole_model_reference(
+    loaded, cache_dir, agent_cls, lookup, prefixes, stop
+):
+    settings = {**SHARED, "lookup": lookup, "num_prefixes": prefixes, "z_stop_loss": stop}
     if agent_cls is MEMIT:
         config = MEMITConfig(mom2_weight=10.0, **settings)
     else:
@@ -225,5 +234,24 @@ def test_smollm2_edits_match_the_whole_model_reference(agent_name):
     )
     try:
         compare_episode(env, lambda: build_agent(agent_name, env, progress=False), 2e-3)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("agent_cls", [MEMIT, AlphaEdit])
+def test_edits_searched_together_get_the_targets_they_get_alone(loaded, cache_dir, agent_cls):
+    """Each edit's target search stops on its own, so a batch's targets are its edits' targets searched
+    one at a time (MEMIT's loop), to float tolerance; with a stop loss that two of the four edits meet
+    after one and four steps (the others search all twelve)."""
+    env = LifelongEditEnv(loaded, num_batches=1, batch_size=4, action_type="shift", score_reward=False)
+    try:
+        config = agent_cls.Config(
+            **{**SHARED, "lookup": "subject_last", "num_prefixes": 1, "z_stop_loss": 2.0}
+        )
+        agent = agent_cls(env, config, cache_dir=cache_dir, progress=False)
+        records = loaded.splits["eval"][:4]
+        together = agent._target_vectors(agent._encode(records))
+        alone = torch.cat([agent._target_vectors(agent._encode([r])) for r in records])
+        assert torch.allclose(together, alone, atol=1e-4, rtol=1e-3)
     finally:
         env.close()

@@ -16,7 +16,8 @@ judge-free, over ``EditableModel``'s public surface (its model and tokenizer; it
 
 Each is averaged over a record's prompts, then over records, as the teacher-forced suite is.
 
-Generation is greedy, batched (left padding, rows sorted by prompt length), with the key-value cache.
+Generation is greedy, batched, with the key-value cache, each distinct prompt run once
+(``rledit_env.prompt_pass``; a caller that runs both suites runs their prompts together).
 Each prompt's token budget is its gold answer's length in tokens plus ``extra_tokens``; a row stops at
 end of sequence, at its budget, or at the end of its first clause (a token holding ``.,;:!?`` or a
 newline) once it has generated at least as many tokens as its gold answer (so "St. Louis" is not cut at
@@ -26,7 +27,6 @@ newline) once it has generated at least as many tokens as its gold answer (so "S
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -36,8 +36,9 @@ import torch
 
 from rledit_env.editable import EditableModel
 from rledit_env.metrics import _mean, _per_record
+from rledit_env.prompt_pass import DecodeRequest, run_prompts
 from rledit_env.records import EditRecord
-from rledit_env.tokenization import IGNORE_INDEX, _pad_id, encode_one
+from rledit_env.tokenization import IGNORE_INDEX, encode_one
 
 EXTRA_TOKENS = 3  # the budget beyond the gold answer's length
 CLAUSE_END = ".,;:!?\n"
@@ -100,7 +101,6 @@ def _eos_ids(editable: EditableModel) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i is not None), dtype=torch.long)
 
 
-@torch.no_grad()
 def greedy_generate(
     editable: EditableModel,
     prompts: Sequence[Sequence[int]],
@@ -111,94 +111,19 @@ def greedy_generate(
 ) -> list[list[int]]:
     """Greedy continuations of token-id ``prompts``: at most ``budgets[i]`` new tokens for row i, ending
     at EOS or (``stop_at_clause``, once ``min_tokens[i]`` tokens are out) at a clause-ending token, which
-    is kept. Rows are sorted by length and batched with left padding, at most ``tokens_per_pass`` tokens
-    (rows x (longest prompt + budget)) a pass, decoded with the key-value cache."""
+    is kept. Batched with the key-value cache, each distinct prompt run once
+    (``rledit_env.prompt_pass.run_prompts``)."""
     if len(prompts) != len(budgets):
         raise ValueError(f"{len(prompts)} prompts but {len(budgets)} budgets")
-    min_tokens = list(min_tokens) if min_tokens is not None else [0] * len(prompts)
-    out: list[list[int]] = [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), budgets[i]))
-    start = 0
-    while start < len(order):
-        rows = [order[start]]
-        while start + len(rows) < len(order):
-            nxt = order[start + len(rows)]
-            width = len(prompts[nxt]) + max(budgets[i] for i in [*rows, nxt])
-            if (len(rows) + 1) * width > editable.tokens_per_pass:
-                break
-            rows.append(nxt)
-        start += len(rows)
-        generated = _generate_pass(
-            editable,
-            [prompts[i] for i in rows],
-            [budgets[i] for i in rows],
-            [min_tokens[i] for i in rows],
-            stop_at_clause,
-        )
-        for i, tokens in zip(rows, generated, strict=True):
-            out[i] = tokens
-    return out
+    least = list(min_tokens) if min_tokens is not None else [0] * len(prompts)
+    requests = [DecodeRequest(tuple(p), b, m) for p, b, m in zip(prompts, budgets, least, strict=True)]
+    return run_prompts(editable, decodes=requests, **_stops(editable, stop_at_clause))[1]
 
 
-def _generate_pass(
-    editable: EditableModel,
-    prompts: list[Sequence[int]],
-    budgets: list[int],
-    min_tokens: list[int],
-    stop_at_clause: bool,
-) -> list[list[int]]:
-    model, device = editable.model, editable.input_device()
-    n, length = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((n, length), _pad_id(editable.tokenizer), dtype=torch.long)
-    mask = torch.zeros((n, length), dtype=torch.long)
-    for r, p in enumerate(prompts):  # left padding: every row's next token is at the last position
-        ids[r, length - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        mask[r, length - len(p) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    budget = torch.tensor(budgets, device=device)
-    least = torch.tensor(min_tokens, device=device)
-    eos = _eos_ids(editable).to(device)
-    clause = _clause_end_ids(editable.tokenizer).to(device) if stop_at_clause else eos[:0]
-    cache_arg, keep_last = _forward_arguments(type(model))
-    tokens = torch.zeros((n, int(budget.max())), dtype=torch.long, device=device)
-    done = budget <= 0
-    count = torch.zeros(n, dtype=torch.long, device=device)
-    cache, step_ids = None, ids
-    for step in range(int(budget.max())):
-        output = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_arg: cache},
-            **keep_last,
-        )
-        cache = getattr(output, cache_arg)
-        nxt = output.logits[:, -1].argmax(-1)
-        active = ~done
-        tokens[:, step] = nxt
-        count += active.long()
-        made = step + 1
-        stop = torch.isin(nxt, eos) | (made >= budget) | (torch.isin(nxt, clause) & (made >= least))
-        done = done | (active & stop)
-        if bool(done.all()):
-            break
-        step_ids = nxt.unsqueeze(1)
-        mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
-        positions = positions[:, -1:] + 1
-    tokens, count = tokens.cpu(), count.cpu()
-    return [tokens[r, : int(count[r])].tolist() for r in range(n)]
-
-
-@functools.cache
-def _forward_arguments(model_class: type) -> tuple[str, dict]:
-    """The name of the key-value cache argument (and output field): ``cache`` in recent transformers,
-    ``past_key_values`` before; and ``logits_to_keep=1`` where the model takes it (only the last
-    position's logits are read)."""
-    parameters = inspect.signature(model_class.forward).parameters
-    cache = "cache" if "cache" in parameters else "past_key_values"
-    return cache, {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+def _stops(editable: EditableModel, stop_at_clause: bool = True) -> dict[str, torch.Tensor]:
+    """``run_prompts``'s end-of-sequence and clause-end token ids for ``editable``."""
+    eos = _eos_ids(editable)
+    return {"eos_ids": eos, "stop_ids": _clause_end_ids(editable.tokenizer) if stop_at_clause else eos[:0]}
 
 
 def generate_texts(
@@ -249,8 +174,20 @@ class GenerationEvaluator:
             skip_special_tokens=True,
         )
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        return generate_texts(self.editable, requests, self.extra_tokens)
+    def _chosen(self, num_records: int) -> list[GenerationRequest]:
+        """The edit, paraphrase and locality requests of the first ``num_records`` records, in that order."""
+        return [q for qs in (self.edit, self.para, self.loc) for q in qs if q.record < num_records]
+
+    def requests(self, num_records: int) -> list[DecodeRequest]:
+        """What to generate for the first ``num_records`` records (``metrics`` reads it back in order)."""
+        return [
+            DecodeRequest(q.prompt_ids, q.budget(self.extra_tokens), q.answer_tokens)
+            for q in self._chosen(num_records)
+        ]
+
+    def stops(self) -> dict[str, torch.Tensor]:
+        """The token ids that end a generation (``run_prompts``'s ``eos_ids`` and ``stop_ids``)."""
+        return _stops(self.editable)
 
     @torch.no_grad()
     def evaluate(self, num_records: int | None = None) -> dict[str, float]:
@@ -259,8 +196,18 @@ class GenerationEvaluator:
         n = len(self.records) if num_records is None else num_records
         if n == 0:
             return {}
+        return self.metrics(n, run_prompts(self.editable, decodes=self.requests(n), **self.stops())[1])
+
+    def metrics(self, num_records: int, generated: Sequence[Sequence[int]]) -> dict[str, float]:
+        """The metrics of the first ``num_records`` records from their requests' generated token ids."""
+        n = num_records
+        if n == 0:
+            return {}
+        chosen = self._chosen(n)
+        if len(generated) != len(chosen):
+            raise ValueError(f"{len(generated)} generations for {len(chosen)} requests of {n} records")
+        texts = self.editable.tokenizer.batch_decode(list(generated), skip_special_tokens=True)
         edit, para, loc = ([q for q in qs if q.record < n] for qs in (self.edit, self.para, self.loc))
-        texts = self.generate(edit + para + loc)
         parts = {"edit": texts[: len(edit)], "para": texts[len(edit) : len(edit) + len(para)]}
         parts["loc"] = texts[len(edit) + len(para) :]
 

@@ -19,13 +19,14 @@ token-accuracy suite otherwise. Each is first averaged over a record's prompts, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from rledit_env.editable import EditableModel
-from rledit_env.episode import PromptSet, prompt_set
+from rledit_env.prompt_pass import AnswerRequest, TokenScores, run_prompts
 from rledit_env.records import EditRecord
-from rledit_env.tokenization import EncodedBatch
+from rledit_env.tokenization import EncodedBatch, encode_cached
 
 # What each headline suite's ``spe`` compares a locality prompt's answer with (for results files).
 SPE_REFERENCE = {
@@ -41,15 +42,25 @@ def headline_suite(records: Sequence[EditRecord]) -> str:
     return "prob" if has_true and records[0].family == "counterfact" else "acc"
 
 
-def _rows(prompts: PromptSet, num_records: int) -> PromptSet:
-    """The rows of ``prompts`` that belong to the first ``num_records`` records (edit_index is sorted)."""
-    keep = int((prompts.edit_index < num_records).sum())
-    if keep == 0 or prompts.batch is None:
-        return PromptSet(None, prompts.edit_index[:0])
-    b = prompts.batch
-    return PromptSet(
-        EncodedBatch(b.input_ids[:keep], b.attention_mask[:keep], b.labels[:keep]), prompts.edit_index[:keep]
-    )
+@dataclass
+class AnswerSet:
+    """Teacher-forced requests of one kind (edit prompt -> new answer, say), in record order."""
+
+    requests: list[AnswerRequest]
+    records: torch.Tensor  # (rows,) the record each request belongs to, ascending
+
+    @classmethod
+    def build(cls, tokenizer, triples: Sequence[tuple[int, str, str]]) -> AnswerSet:
+        """From (record index, prompt, answer) triples."""
+        requests = [AnswerRequest.from_encoded(*encode_cached(tokenizer, p, a)) for _, p, a in triples]
+        return cls(requests, torch.tensor([i for i, _, _ in triples], dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def count(self, num_records: int) -> int:
+        """How many of the requests belong to the first ``num_records`` records."""
+        return int((self.records < num_records).sum())
 
 
 def _per_record(values: torch.Tensor, edit_index: torch.Tensor, num_records: int) -> torch.Tensor:
@@ -69,7 +80,8 @@ class EpisodeEvaluator:
     """Scores the edits of one episode; records are in the order they are edited.
 
     The unedited model's locality predictions are recorded at construction, so build the evaluator
-    before the first edit.
+    before the first edit. ``evaluate`` runs the prompts itself; ``requests`` and ``metrics`` split it
+    for a caller that runs them together with the generation suite's (``rledit_env.prompt_pass``).
     """
 
     def __init__(self, editable: EditableModel, records: Sequence[EditRecord]):
@@ -77,34 +89,32 @@ class EpisodeEvaluator:
         self.records = list(records)
         tok = editable.tokenizer
         recs = list(enumerate(self.records))
-        self.edit_new = prompt_set(tok, [(i, r.prompt, r.target_new) for i, r in recs])
-        self.para_new = prompt_set(tok, [(i, p, r.target_new) for i, r in recs for p in r.paraphrase_prompts])
-        self.loc = prompt_set(
-            tok,
-            [(i, p, a) for i, r in recs for p, a in zip(r.locality_prompts, r.locality_answers, strict=True)],
-        )
+        paraphrases = [(i, p) for i, r in recs for p in r.paraphrase_prompts]
+        neighbours = [
+            (i, p, a) for i, r in recs for p, a in zip(r.locality_prompts, r.locality_answers, strict=True)
+        ]
+        self.sets: dict[str, AnswerSet] = {
+            "edit_new": AnswerSet.build(tok, [(i, r.prompt, r.target_new) for i, r in recs]),
+            "para_new": AnswerSet.build(tok, [(i, p, self.records[i].target_new) for i, p in paraphrases]),
+            "loc": AnswerSet.build(tok, neighbours),
+        }
         self.has_true = bool(self.records) and all(r.target_true for r in self.records)
         if self.has_true:
-            self.edit_true = prompt_set(tok, [(i, r.prompt, r.target_true) for i, r in recs])
-            self.para_true = prompt_set(
-                tok, [(i, p, r.target_true) for i, r in recs for p in r.paraphrase_prompts]
+            self.sets["edit_true"] = AnswerSet.build(tok, [(i, r.prompt, r.target_true) for i, r in recs])
+            self.sets["para_true"] = AnswerSet.build(
+                tok, [(i, p, self.records[i].target_true) for i, p in paraphrases]
             )
             # The new answer on the neighbours' prompts: a leaking edit makes it likelier.
-            self.loc_new = prompt_set(
-                tok, [(i, p, r.target_new) for i, r in recs for p in r.locality_prompts]
+            self.sets["loc_new"] = AnswerSet.build(
+                tok, [(i, p, self.records[i].target_new) for i, p, _ in neighbours]
             )
-        self.loc_reference = self._argmax(self.loc) if len(self.loc) else None
+        loc = self.sets["loc"].requests
+        self.loc_reference = run_prompts(editable, loc)[0].argmax  # the unedited model's, token by token
 
-    @torch.no_grad()
-    def _argmax(self, prompts: PromptSet) -> torch.Tensor:
-        return self.editable.target_logits(prompts.batch, packed=True).logits.argmax(-1)
-
-    @torch.no_grad()
-    def _score(self, prompts: PromptSet, num_records: int) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """Per-row NLL and accuracy of the first ``num_records`` records' rows."""
-        part = _rows(prompts, num_records)
-        target = self.editable.target_logits(part.batch, packed=True)
-        return target.nll(), target.accuracy(), target
+    def requests(self, num_records: int) -> list[AnswerRequest]:
+        """Every request of the first ``num_records`` records, set after set (``metrics`` reads them
+        back in this order)."""
+        return [q for s in self.sets.values() for q in s.requests[: s.count(num_records)]]
 
     @torch.no_grad()
     def evaluate(self, num_records: int | None = None) -> dict[str, float]:
@@ -112,30 +122,44 @@ class EpisodeEvaluator:
         n = len(self.records) if num_records is None else num_records
         if n == 0:
             return {}
+        return self.metrics(n, run_prompts(self.editable, self.requests(n))[0])
+
+    def metrics(self, num_records: int, scored: TokenScores) -> dict[str, float]:
+        """The metrics of the first ``num_records`` records from their requests' scores."""
+        n = num_records
+        if n == 0:
+            return {}
+        rows: dict[str, tuple[TokenScores, torch.Tensor]] = {}
+        start = 0
+        for name, s in self.sets.items():
+            k = s.count(n)
+            rows[name] = (scored.requests(start, start + k), s.records[:k])
+            start += k
+        if start != scored.num_rows:
+            raise ValueError(f"scores for {scored.num_rows} requests, {start} requests of {n} records")
+
+        def per_record(name: str, values: torch.Tensor) -> float:
+            return _mean(_per_record(values, rows[name][1], n))
+
+        def nll(name: str) -> torch.Tensor:
+            return rows[name][0].row_nll()
+
         out: dict[str, float] = {"edits": float(n)}
-        nll_new, acc_new, _ = self._score(self.edit_new, n)
-        out["eff_acc"] = _mean(_per_record(acc_new, self.edit_new.edit_index[:n], n))
-        para = _rows(self.para_new, n)
-        if len(para):
-            para_nll_new, para_acc, _ = self._score(self.para_new, n)
-            out["gen_acc"] = _mean(_per_record(para_acc, para.edit_index, n))
-        loc = _rows(self.loc, n)
-        if len(loc):
-            loc_nll_true, loc_acc, target = self._score(self.loc, n)
-            out["spe_acc"] = _mean(_per_record(loc_acc, loc.edit_index, n))
-            same = (target.logits.argmax(-1) == self.loc_reference[: target.labels.numel()]).float()
-            out["spe_agree"] = _mean(_per_record(target.per_row_mean(same), loc.edit_index, n))
+        out["eff_acc"] = per_record("edit_new", rows["edit_new"][0].row_accuracy())
+        has_para, has_loc = len(rows["para_new"][1]) > 0, len(rows["loc"][1]) > 0
+        if has_para:
+            out["gen_acc"] = per_record("para_new", rows["para_new"][0].row_accuracy())
+        if has_loc:
+            loc = rows["loc"][0]
+            out["spe_acc"] = per_record("loc", loc.row_accuracy())
+            same = (loc.argmax == self.loc_reference[: loc.argmax.numel()]).float()
+            out["spe_agree"] = per_record("loc", loc.per_row_mean(same))
         if self.has_true:
-            nll_true, _, _ = self._score(self.edit_true, n)
-            edits = self.edit_new.edit_index[:n]
-            out["eff_prob"] = _mean(_per_record((nll_new < nll_true).float(), edits, n))
-            if len(para):
-                para_nll_true, _, _ = self._score(self.para_true, n)
-                para_new_wins = (para_nll_new < para_nll_true).float()
-                out["gen_prob"] = _mean(_per_record(para_new_wins, para.edit_index, n))
-            if len(loc):
-                loc_nll_new, _, _ = self._score(self.loc_new, n)
-                out["spe_prob"] = _mean(_per_record((loc_nll_true < loc_nll_new).float(), loc.edit_index, n))
+            out["eff_prob"] = per_record("edit_new", (nll("edit_new") < nll("edit_true")).float())
+            if has_para:
+                out["gen_prob"] = per_record("para_new", (nll("para_new") < nll("para_true")).float())
+            if has_loc:
+                out["spe_prob"] = per_record("loc", (nll("loc") < nll("loc_new")).float())
         suite = headline_suite(self.records)
         for name in ("eff", "gen", "spe"):
             if f"{name}_{suite}" in out:

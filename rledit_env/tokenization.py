@@ -83,7 +83,7 @@ def encode_one(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int
 
 # Episodes draw the same records again and again (RLEdit trains on many sequences of one split), so each
 # (prompt, answer) is tokenised once per tokenizer; the cache holds token ids only.
-_encode_cached = functools.lru_cache(maxsize=1 << 17)(encode_one)
+encode_cached = functools.lru_cache(maxsize=1 << 17)(encode_one)
 
 
 def encode_batch(
@@ -94,7 +94,7 @@ def encode_batch(
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     if not prompts:
         raise ValueError("encode_batch needs at least one prompt")
-    rows = [_encode_cached(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+    rows = [encode_cached(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
     length = max(len(ids) for ids, _ in rows)
     pad = _pad_id(tokenizer)
     input_ids = torch.full((len(rows), length), pad, dtype=torch.long)

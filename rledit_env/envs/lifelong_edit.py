@@ -18,6 +18,7 @@ from rledit_env.episode import EncodedEdits
 from rledit_env.generation import GenerationEvaluator
 from rledit_env.metrics import SPE_REFERENCE, EpisodeEvaluator, headline_suite, perplexity
 from rledit_env.models import LoadedModel, load_model
+from rledit_env.prompt_pass import run_prompts
 from rledit_env.records import EditRecord
 from rledit_env.reward import BacktrackingReward, RewardConfig
 from rledit_env.sampler import EpisodeSampler
@@ -135,7 +136,7 @@ class LifelongEditEnv(gym.Env):
 
     and ppl (perplexity on the model's own text) under every protocol. ``edits`` is the number of
     edits scored. ``timing`` splits the evaluation's time into "metrics" (teacher-forced and ppl)
-    and "generation".
+    and "generation"; under "both" the two suites run their prompts together, all in "metrics".
 
     ## Arguments
 
@@ -586,14 +587,24 @@ class LifelongEditEnv(gym.Env):
     def _metrics(self, clock: _Clock) -> dict[str, float]:
         edits = self._t * self.batch_size
         metrics: dict[str, float] = {}
+        teacher, generation = self._evaluator, self._generation
+        if teacher is not None and generation is not None and edits:
+            # both suites from one run of their prompts (rledit_env.prompt_pass)
+            with clock("metrics"):
+                scored, generated = run_prompts(
+                    self.editable, teacher.requests(edits), generation.requests(edits), **generation.stops()
+                )
+                metrics.update(teacher.metrics(edits, scored))
+                metrics.update(generation.metrics(edits, generated))
+            teacher = generation = None
         with clock("metrics"):
-            if self._evaluator is not None:
-                metrics.update(self._evaluator.evaluate(edits))
+            if teacher is not None:
+                metrics.update(teacher.evaluate(edits))
             if self.probe_texts:
                 metrics["ppl"] = perplexity(self.editable, self.probe_texts)
-        if self._generation is not None:
+        if generation is not None:
             with clock("generation"):
-                metrics.update(self._generation.evaluate(edits))
+                metrics.update(generation.evaluate(edits))
         self._curve.append({"step": self._t, **metrics})
         return metrics
 

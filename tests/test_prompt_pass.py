@@ -16,11 +16,13 @@ from rledit_env.tokenization import encode_batch, encode_one
 
 
 def _edited_env(name: str = "tinyworld-tiny", **kwargs):
-    """An environment whose model has taken three batches of plain gradient edits."""
+    """An environment whose model has taken three batches of plain gradient edits (SmolLM2: CounterFact's)."""
+    if not name.startswith("tinyworld"):
+        kwargs.setdefault("dataset", "counterfact-edit-1k")
     env = tiny_env(name, num_batches=3, batch_size=4, action_type="shift", score_reward=False, **kwargs)
     obs, _ = env.reset(seed=3)
     for _ in range(3):
-        obs, *_ = env.step(gradient_action(env, obs, 0.5))
+        obs, *_ = env.step(gradient_action(env, obs, 0.5 if name.startswith("tinyworld") else 0.1))
     return env
 
 
@@ -32,8 +34,12 @@ def _pairs(env):
     return [(p, a) for p in prompts[:40] for a in answers[:2]] + [(r.prompt, r.target_new) for r in records]
 
 
-def test_teacher_forced_scores_match_whole_sequence_passes():
-    env = _edited_env()
+MODELS = ["tinyworld-tiny", pytest.param("smollm2", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_teacher_forced_scores_match_whole_sequence_passes(name):
+    env = _edited_env(name)
     try:
         editable = env.editable
         editable.tokens_per_pass = 64  # several passes, each with its own cache
@@ -52,8 +58,9 @@ def test_teacher_forced_scores_match_whole_sequence_passes():
         env.close()
 
 
-def test_generations_match_transformers_generate_one_prompt_at_a_time():
-    env = _edited_env()
+@pytest.mark.parametrize("name", MODELS)
+def test_generations_match_transformers_generate_one_prompt_at_a_time(name):
+    env = _edited_env(name)
     try:
         editable = env.editable
         editable.tokens_per_pass = 64
@@ -85,7 +92,7 @@ def test_generations_match_transformers_generate_one_prompt_at_a_time():
         env.close()
 
 
-@pytest.mark.parametrize("name", ["tinyworld-tiny"])
+@pytest.mark.parametrize("name", MODELS)
 def test_both_suites_together_give_the_metrics_each_gives_alone(name):
     env = _edited_env(name)
     try:

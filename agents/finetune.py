@@ -88,7 +88,9 @@ class FineTune(EditAgent):
         batch = encode_batch(
             core.editable.tokenizer, [r.prompt for r in records], [r.target_new for r in records]
         )
-        return lambda deltas: core.editable.target_logits(batch, deltas).nll().mean()
+        # the layers below the first edited one never change: run once a batch, not once a step
+        prefix = core.editable.frozen_prefix(batch)
+        return lambda deltas: core.editable.target_logits(batch, deltas, prefix=prefix).nll().mean()
 
     @staticmethod
     @torch.no_grad()

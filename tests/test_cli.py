@@ -274,7 +274,14 @@ def _assert_schedules_fit(config, num_train: int, num_eval: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["smollm2-counterfact", "smollm2-counterfact-100x20", "smollm2-zsre", "smollm2-fever"]
+    "name",
+    [
+        "smollm2-counterfact",
+        "smollm2-counterfact-100x20",
+        "smollm2-zsre",
+        "smollm2-zsre-29x20",
+        "smollm2-fever",
+    ],
 )
 def test_shipped_dataset_configurations_have_the_edits_their_schedules_need(name, tmp_path):
     """The schedules and training sequences fit the splits (ZsRE's 998 usable records, split half and

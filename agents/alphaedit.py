@@ -16,11 +16,12 @@ k^T dW ~ 0 for every preserved key k: E[||k^T dW||^2] = tr(dW^T C dW) <= thresho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from agents.auto_settings import AUTO, AutoSetting, check_positive
+from agents.checkpoint import CheckpointError
 from agents.key_stats import KeyStats
 from agents.locate_edit import EditRequests, LocateEditConfig, LocateThenEdit
 
@@ -77,6 +78,16 @@ class AlphaEdit(LocateThenEdit):
         self.preserved_gram = {
             n: torch.zeros(d_in, d_in, device=device) for n, (d_in, _) in self.core.editable.shapes.items()
         }
+
+    def episode_state(self) -> dict[str, Any]:
+        return {"preserved_gram": dict(self.preserved_gram)}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        gram = state.get("preserved_gram", {})
+        current = self.preserved_gram
+        if set(gram) != set(current) or any(gram[n].shape != current[n].shape for n in current):
+            raise CheckpointError("AlphaEdit: the episode state's preserved keys do not fit the edit modules")
+        self.preserved_gram = {n: gram[n].to(current[n]) for n in current}
 
     def _solve(self, name: str, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         p = self.projections[name]

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from agents.auto_settings import resolve_settings
 from agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
@@ -61,12 +62,16 @@ def env_signature(env: gym.Env) -> dict[str, Any]:
 class EditAgent(ABC):
     """Base class of editors. Subclasses set ``Config`` and ``action_type`` and implement ``act``.
 
-    Trainable agents also implement ``learn``, ``state_dict`` and ``load_state_dict``.
+    Trainable agents also implement ``learn``, ``state_dict`` and ``load_state_dict``. Agents that
+    carry state from one batch of an episode to the next say what it is in ``episode_state`` (so that
+    an interrupted episode can go on, ``run_episode(resume=...)``); ``carries_nothing`` marks those
+    whose every action depends on the observation and the environment alone.
     """
 
     Config: ClassVar[type[AgentConfig]] = AgentConfig
     action_type: ClassVar[str] = "values"
     name: ClassVar[str] = "agent"
+    carries_nothing: ClassVar[bool] = False
 
     def __init__(self, env: gym.Env, config: AgentConfig | None = None):
         core = env.unwrapped
@@ -160,6 +165,22 @@ class EditAgent(ABC):
                 f"{type(self).__name__} has no trainable state, but the checkpoint has some"
             )
 
+    def episode_state(self) -> dict[str, Any]:
+        """What the agent carries along the running episode (tensors and JSON values), e.g. running
+        statistics; raises NotImplementedError for an agent that does not say (it cannot resume)."""
+        if self.carries_nothing:
+            return {}
+        raise NotImplementedError(f"{type(self).__name__} does not say what it carries along an episode")
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        """Take up an ``episode_state`` saved at the same step of the same episode."""
+        if not self.carries_nothing:
+            raise NotImplementedError(f"{type(self).__name__} does not say what it carries along an episode")
+        if state:
+            raise CheckpointError(
+                f"{type(self).__name__} carries nothing along an episode, but got {sorted(state)}"
+            )
+
     # ------------------------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike) -> None:
         """Save the agent as a safetensors checkpoint (``agents.checkpoint``: loading it runs no code)."""
@@ -213,6 +234,17 @@ def like_observation(action, observation):
     return convert(action)
 
 
+@dataclasses.dataclass
+class EpisodeProgress:
+    """An episode interrupted between two steps: what ``run_episode`` needs to go on from there."""
+
+    env: dict[str, Any]  # LifelongEditEnv.progress()
+    agent: dict[str, Any]  # EditAgent.episode_state()
+    edit_time_s: float  # editing time of the steps done
+    total_reward: float
+    rng: torch.Tensor  # torch's generator state, so that an agent that draws goes on as it would have
+
+
 def run_episode(
     env: gym.Env,
     agent: EditAgent,
@@ -220,17 +252,31 @@ def run_episode(
     seed: int | None = None,
     options: dict | None = None,
     on_step: Callable[[dict], None] | None = None,
+    resume: EpisodeProgress | None = None,
+    save_progress: Callable[[EpisodeProgress], None] | None = None,
+    save_every_s: float = 300.0,
 ) -> dict[str, Any]:
     """Run one lifelong-editing episode; returns the final metrics, the curve and the editing time.
 
     ``edit_time_s`` counts what editing costs: the agent's ``act``, the environment's update (ridge
     solve and apply) and the tracing of keys and value gradients; not the reward's scoring or metrics.
+    With ``save_progress``, an ``EpisodeProgress`` is handed to it after a step at most every
+    ``save_every_s`` seconds (not after the last); ``resume`` goes on from one, with the same seed and
+    options (the environment must be the bare ``LifelongEditEnv``: wrappers would miss the restore).
     """
     core = env.unwrapped
     core.timing = True  # the editing time below needs the environment's phase timings
     obs, info = env.reset(seed=seed, options=options)
     edit_time = info["time"]["trace"]
     done, steps, total_reward = False, 0, 0.0
+    if resume is not None:
+        if env is not core:
+            raise ValueError("resume needs the bare LifelongEditEnv (a wrapper would miss the restore)")
+        obs = core.resume(resume.env)
+        agent.load_episode_state(resume.agent)
+        torch.set_rng_state(resume.rng)
+        steps, edit_time, total_reward = resume.env["step"], resume.edit_time_s, resume.total_reward
+    last_save = time.perf_counter()
     while not done:
         start = time.perf_counter()
         action = agent.act(obs)
@@ -241,6 +287,12 @@ def run_episode(
         steps += 1
         total_reward += reward
         done = terminated or truncated
+        if save_progress is not None and not done and time.perf_counter() - last_save >= save_every_s:
+            state = EpisodeProgress(
+                core.progress(), agent.episode_state(), edit_time, total_reward, torch.get_rng_state()
+            )
+            save_progress(state)
+            last_save = time.perf_counter()
         if on_step is not None:
             on_step(info)
     edits = steps * core.batch_size

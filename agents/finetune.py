@@ -54,6 +54,7 @@ class FineTune(EditAgent):
     Config = FineTuneConfig
     action_type = "shift"
     name = "finetune"
+    carries_nothing = True
 
     def act(self, observation) -> dict:
         cfg, editable = self.config, self.core.editable

@@ -25,6 +25,7 @@ class PlainGradient(EditAgent):
     Config = PlainGradientConfig
     action_type = "shift"
     name = "gradient"
+    carries_nothing = True
 
     def act(self, observation) -> dict:
         keys, grads = observation["keys"], observation["value_grads"]

@@ -358,6 +358,15 @@ class HyperNetworkEditor(EditAgent):
         return k is None or not learning_curve_is_flat(losses, k, self.config.flat_tolerance)
 
     # ------------------------------------------------------------------------------ checkpoints
+    def episode_state(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict()}  # the normalisers' running statistics change along it
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.net.load_state_dict(state["net"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{type(self).__name__}: the episode state does not fit ({exc})") from exc
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(),

@@ -42,6 +42,7 @@ class MEMIT(LocateThenEdit):
 
     Config = MEMITConfig
     name = "memit"
+    carries_nothing = True
 
     def _prepare(self, stats: dict[str, KeyStats]) -> None:
         device = self.core.editable.device

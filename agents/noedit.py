@@ -12,6 +12,7 @@ class NoEdit(EditAgent):
 
     action_type = "shift"
     name = "noedit"
+    carries_nothing = True
 
     def act(self, observation) -> dict:
         device = self.core.editable.device

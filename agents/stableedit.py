@@ -179,11 +179,8 @@ class StableEdit(UltraEdit):
         self.reset_statistics()
 
     def new_statistics(self) -> dict[tuple[int, int], StableNorm]:
-        return {shape: StableNorm(*shape, self.config).to(self.device) for shape in self.groups}
-
-    def reset_statistics(self) -> None:
         """Empty statistics; ``start_step`` folds the warm-up in (at step 0 with warmup_position "start")."""
-        self.norms = self.new_statistics()
+        return {shape: StableNorm(*shape, self.config).to(self.device) for shape in self.groups}
 
     def start_step(self, step: int) -> None:
         super().start_step(step)  # step 0: a new episode, reset_statistics

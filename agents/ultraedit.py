@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
+from torch import nn
 
 from agents.auto_settings import AUTO, AutoSetting, check_positive
-from agents.base import AgentConfig, EditAgent, like_observation
+from agents.base import AgentConfig, CheckpointError, EditAgent, like_observation
 from agents.running_stats import RunningNorm
 
 
@@ -60,7 +61,7 @@ class UltraEdit(EditAgent):
 
     ``norms`` maps each module shape (d_in, d_out) to its lifelong normaliser; it is reset when an
     episode starts (an observation with step 0). StableEdit (``agents.stableedit``) is this agent with
-    another normaliser (``reset_statistics``) and a warm-up (``start_step``).
+    another normaliser (``new_statistics``) and a warm-up (``start_step``).
     """
 
     Config = UltraEditConfig
@@ -77,9 +78,25 @@ class UltraEdit(EditAgent):
         self.norms: dict[tuple[int, int], RunningNorm] = {}
         self.reset_statistics()
 
+    def new_statistics(self) -> dict[tuple[int, int], nn.Module]:
+        """Empty normalisers, one per module shape."""
+        return {shape: RunningNorm(sum(shape)).to(self.device) for shape in self.groups}
+
     def reset_statistics(self) -> None:
         """Forget the normalisers' statistics (a new edit sequence)."""
-        self.norms = {shape: RunningNorm(sum(shape)).to(self.device) for shape in self.groups}
+        self.norms = self.new_statistics()
+
+    def episode_state(self) -> dict[str, Any]:
+        return {f"{d_in}x{d_out}": norm.state_dict() for (d_in, d_out), norm in self.norms.items()}
+
+    def load_episode_state(self, state: dict[str, Any]) -> None:
+        norms = self.new_statistics()
+        try:
+            for (d_in, d_out), norm in norms.items():
+                norm.load_state_dict(state[f"{d_in}x{d_out}"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{type(self).__name__}: the episode state does not fit ({exc})") from exc
+        self.norms = norms
 
     def start_step(self, step: int) -> None:
         """Called with each observation's step t before its batch is folded in: t = 0 starts afresh."""

@@ -25,11 +25,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from agents.base import Callback
+from agents.base import Callback, EpisodeProgress
 from experiments.lock import results_lock
 from experiments.registry import AgentSpec, agent_settings, agent_spec, build_agent, train_or_load
 from experiments.report import training_log_name
 from experiments.results_table import append_results, done_runs, latest_runs, load_results
+from experiments.run_progress import RunProgress, progress_path, read_progress, settings_key, write_progress
 from experiments.tracking import Tracking, run_group
 from rledit_env.atomic import atomic_path
 from rledit_env.editable import EditableModel
@@ -109,6 +110,9 @@ class BenchmarkConfig:
     device: str | None = None
     device_map: str | dict[str, Any] | None = None  # "auto": accelerate spreads a big model over devices
     dtype: str | None = None
+    # an unfinished run saves its episode's progress this often (seconds) to <out>/progress/, and a rerun
+    # goes on from the last save (experiments.run_progress); None: never
+    progress_every_s: float | None = 300.0
 
     def probe_settings(self) -> dict[str, Any] | None:
         """The general-ability probe's settings for this model (None: no probe); resolves "auto"."""
@@ -139,6 +143,8 @@ class BenchmarkConfig:
             agent_settings(name, agent_spec(name), self.agent_configs.get(name, {}))
         if not self.seeds:
             raise ValueError("seeds is empty")
+        if self.progress_every_s is not None and not self.progress_every_s >= 0:
+            raise ValueError(f"progress_every_s must be None or >= 0, got {self.progress_every_s}")
         resolve_evaluation(self.evaluation, self.model)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
@@ -325,6 +331,10 @@ class Benchmark:
     def record(self, rows: list[dict[str, Any]]) -> None:
         """Append one cell's rows to results.csv (only the driver writes it: resume reads it back)."""
         append_results(self.results_path, rows)
+        first = rows[0]
+        progress_path(self.out_dir, run_name(first["agent"], first["schedule"], first["seed"])).unlink(
+            missing_ok=True
+        )
         if self.verbose:
             last = rows[-1]
             scores = " ".join(f"{m} {last.get(m, float('nan')):.3f}" for m in ("eff", "gen", "spe"))
@@ -378,19 +388,42 @@ class Benchmark:
         cfg = self.config
         spec = agent_spec(agent_name)
         num_batches, batch_size = parse_schedule(schedule)
-        run = f"{agent_name}-{schedule}-seed{seed}"
+        run = run_name(agent_name, schedule, seed)
         settings = {**dataclasses.asdict(cfg), "agent": agent_name, "schedule": schedule, "seed": seed}
+        key, path = settings_key(settings), progress_path(self.out_dir, run)
+        saved = read_progress(path, key) if cfg.progress_every_s is not None else None
+        earlier = saved.wall_time_s if saved is not None else 0.0  # the earlier pieces' wall time
+        pieces = saved.pieces + 1 if saved is not None else 1
         start = time.perf_counter()
         with self.tracking.run(run, run_group(cfg.model, self.dataset_name), settings) as curves:
             env = self.make_env(spec, num_batches, batch_size)
             try:
                 general = self._general_probe(env.editable, before=True)
                 agent, train_time = self._agent(agent_name, spec, env, schedule, seed, curves)
+                if saved is not None:
+                    train_time = saved.train_time_s  # trained in the first piece; loaded since
                 stats_time = float(getattr(agent, "stats_time_s", 0.0))
+
+                def save(episode: EpisodeProgress) -> None:
+                    wall = earlier + time.perf_counter() - start
+                    write_progress(path, key, RunProgress(episode, wall, train_time, pieces))
+
+                saving = cfg.progress_every_s is not None and says_episode_state(agent)
+                if saved is not None and self.verbose:
+                    tqdm.write(f"{run}: going on from batch {saved.episode.env['step']} ({path})")
                 desc = f"{agent_name} {schedule} seed {seed}: editing"
                 bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not self.progress)
                 with bar:
-                    result = run_episode(env, agent, seed=seed, on_step=lambda _: bar.update())
+                    bar.update(saved.episode.env["step"] if saved is not None else 0)
+                    result = run_episode(
+                        env,
+                        agent,
+                        seed=seed,
+                        on_step=lambda _: bar.update(),
+                        resume=saved.episode if saved is not None else None,
+                        save_progress=save if saving else None,
+                        save_every_s=cfg.progress_every_s or 0.0,
+                    )
                 general.update(self._general_probe(env.editable, before=False))
             finally:
                 env.close()  # restores the edit modules
@@ -417,8 +450,10 @@ class Benchmark:
                 "auto_settings": json.dumps(
                     {k: [getattr(agent.config, k), src] for k, src in agent.settings_sources.items()}
                 ),
-                # the whole run: training or loading, statistics, the episode, metrics and probes
-                "wall_time_s": time.perf_counter() - start,
+                # the whole run: training or loading, statistics, the episode, metrics and probes; a
+                # resumed run adds up its pieces (each piece loads, probes and builds its agent again)
+                "wall_time_s": earlier + time.perf_counter() - start,
+                "pieces": pieces,
             }
             curve = result["curve"] or [{"step": num_batches, **result["metrics"]}]
             rows = [{**base, **point, "final": point["step"] == num_batches} for point in curve]
@@ -499,6 +534,19 @@ class Benchmark:
                     with atomic_path(self.out_dir / training_log_name(name, schedule, seed, kind)) as tmp:
                         pd.DataFrame(log).to_csv(tmp, index=False)
         return agent, train_time
+
+
+def run_name(agent: str, schedule: str, seed: int) -> str:
+    return f"{agent}-{schedule}-seed{seed}"
+
+
+def says_episode_state(agent) -> bool:
+    """Whether the agent can say what it carries along an episode (else its runs cannot resume)."""
+    try:
+        agent.episode_state()
+    except NotImplementedError:
+        return False
+    return True
 
 
 def peak_memory_mib() -> float:

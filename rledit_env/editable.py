@@ -231,9 +231,13 @@ class EditableModel:
         return self.model.get_input_embeddings().weight.device
 
     # ------------------------------------------------------------------------- snapshot and update
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """Copies of the edit modules' weights (only those: memory grows with the edited layers)."""
-        return {n: m.weight.detach().clone() for n, m in self.modules.items()}
+    def snapshot(self, full_precision: bool = False) -> dict[str, torch.Tensor]:
+        """Copies of the edit modules' weights (only those: memory grows with the edited layers); with
+        ``full_precision``, the fp32 master of a bf16/fp16 layer (what edits accumulate in)."""
+        return {
+            n: (self._master[n] if full_precision and n in self._master else m.weight).detach().clone()
+            for n, m in self.modules.items()
+        }
 
     @torch.no_grad()
     def restore(self, snapshot: Mapping[str, torch.Tensor]) -> None:

@@ -140,6 +140,39 @@ def test_reward_off_gives_the_same_weights_observations_and_metrics():
         tiny_env(differentiable=True, score_reward=False)
 
 
+def test_resume_from_progress_goes_on_to_the_uninterrupted_episode_and_refuses_another():
+    env = tiny_env(action_type="shift", num_batches=4, batch_size=2, metrics_every=1)
+    obs, _ = env.reset(seed=5)
+    for _ in range(2):
+        obs, *_ = env.step(gradient_action(env, obs, 1.0))
+    progress = env.progress()
+    while True:
+        obs, _, done, _, info = env.step(gradient_action(env, obs, 1.0))
+        if done:
+            break
+    whole, final_state = info["curve"], model_state(env)
+
+    env.reset(seed=5)
+    obs = env.resume(progress)
+    assert progress["step"] == 2 and len(progress["curve"]) == 2
+    for _ in range(2):
+        obs, _, done, _, info = env.step(gradient_action(env, obs, 1.0))
+    assert done and info["curve"] == whole  # bit for bit
+    assert_same_state(final_state, model_state(env))
+
+    env.reset(seed=6)
+    unedited = model_state(env)
+    with pytest.raises(ValueError, match="another episode"):
+        env.resume(progress)
+    env.reset(seed=5)
+    bad = {**progress, "weights": {m: w[:1] for m, w in progress["weights"].items()}}
+    with pytest.raises(ValueError, match="does not fit"):
+        env.resume(bad)
+    with pytest.raises(ValueError, match="step"):
+        env.resume({**progress, "step": 4})
+    assert_same_state(unedited, model_state(env))  # a refused progress changes no weight
+
+
 def test_metrics_curve_every_k_steps_and_at_the_end():
     env = tiny_env(action_type="shift", num_batches=4, batch_size=2, metrics_every=2)
     obs, _ = env.reset(seed=0)

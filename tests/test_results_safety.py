@@ -60,6 +60,65 @@ def test_a_benchmark_killed_while_writing_results_resumes_to_the_uninterrupted_t
     pd.testing.assert_frame_equal(resumed[METRICS], uninterrupted[METRICS])
 
 
+# every registered agent whose runs can go on mid-episode, trained ones left out (their training is
+# what a resumed run loads from checkpoints/, as any rerun does)
+RESUMABLE = ["noedit", "ultraedit", "stableedit", "rledit-untrained", "finetune", "memit", "alphaedit"]
+TIMINGS = {"time_per_edit_s", "edit_time_s", "train_time_s", "stats_time_s", "stats_cached", "probe_time_s"}
+TIMINGS |= {"peak_memory_mib", "wall_time_s", "pieces"}
+
+
+@pytest.mark.parametrize("agent", RESUMABLE)
+def test_a_run_killed_mid_episode_goes_on_from_its_progress_to_the_uninterrupted_rows(
+    tmp_path, monkeypatch, agent
+):
+    config = BenchmarkConfig(
+        model="tinyworld-tiny", schedules=["6x2"], agents=[agent], metrics_every=2, progress_every_s=0.0
+    )
+    whole = Benchmark(config, tmp_path / "whole", progress=False).run()
+    assert not list((tmp_path / "whole" / "progress").iterdir())  # removed once the rows are in
+
+    import agents
+
+    real = agents.run_episode
+
+    def killed_after_three_batches(env, agent, *, on_step, **kwargs):
+        done = []
+
+        def step(info):
+            on_step(info)
+            done.append(info["step"])
+            if len(done) == 3:  # the progress of step 3 is saved before on_step runs
+                raise Killed
+
+        return real(env, agent, on_step=step, **kwargs)
+
+    monkeypatch.setattr(agents, "run_episode", killed_after_three_batches)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        Benchmark(config, out, progress=False).run()
+    monkeypatch.undo()
+    assert [p.name for p in (out / "progress").iterdir()] == [f"{agent}-6x2-seed0.safetensors"]
+
+    resumed = Benchmark(config, out, progress=False).run()
+    compared = [c for c in whole.columns if c not in TIMINGS]
+    pd.testing.assert_frame_equal(resumed[compared], whole[compared])  # every metric, bit for bit
+    assert list(resumed["pieces"]) == [2, 2, 2] and list(whole["pieces"]) == [1, 1, 1]
+    assert not list((out / "progress").iterdir())
+
+
+def test_a_progress_of_other_settings_is_not_used(tmp_path):
+    config = BenchmarkConfig(
+        model="tinyworld-tiny", schedules=["4x2"], agents=["ultraedit"], progress_every_s=0.0
+    )
+    out = tmp_path / "run"
+    folder = out / "progress"
+    folder.mkdir(parents=True)
+    (folder / "ultraedit-4x2-seed0.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="starts over"):
+        rows = Benchmark(config, out, progress=False).run()
+    assert list(rows["pieces"]) == [1] and not list(folder.iterdir())
+
+
 def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
     code = (
         "import sys, time\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
@@ -108,7 +109,9 @@ class LifelongEditEnv(gym.Env):
     The model's original weights (restored bitwise on every reset, from a snapshot of the edit modules)
     and a knowledge sequence of T x n records drawn without replacement from the split, seeded by
     ``reset(seed=...)``. ``options={"records": [...]}`` (T x n EditRecords) or
-    ``options={"indices": [...]}`` (into the split) pins the episode.
+    ``options={"indices": [...]}`` (into the split) pins the episode. An interrupted episode goes on
+    from a ``progress()`` taken between two steps: ``reset`` with the same seed and options, then
+    ``resume(progress)`` (long benchmark runs save one every few minutes).
 
     ## Episode End
 
@@ -349,6 +352,44 @@ class LifelongEditEnv(gym.Env):
         self._require_running(allow_done=True)
         return [b.records for b in self._batches]
 
+    def progress(self) -> dict:
+        """The running episode between two steps, for ``resume``: the step t, the metrics' curve so far,
+        the edit modules' weights (at full precision) and a fingerprint of the episode's edits."""
+        self._require_running()
+        return {
+            "step": self._t,
+            "curve": list(self._curve),
+            "weights": self.editable.snapshot(full_precision=True),
+            "episode": self._fingerprint,
+        }
+
+    def resume(self, progress: Mapping) -> dict:
+        """Go on with the episode ``reset`` has just started (same seed and options) from a ``progress()``
+        of it taken at step t; returns the observation of batch K_t. The evaluation's references are
+        those ``reset`` took on the unedited model, as in an uninterrupted episode; the reward's cached
+        locality references are recomputed at the restored weights. A progress of another episode, step
+        or model raises ValueError and leaves every weight as it was."""
+        if self._t != 0:
+            raise ValueError("resume() continues an episode that reset() has just started")
+        step, weights = progress.get("step"), progress.get("weights")
+        if progress.get("episode") != self._fingerprint:
+            raise ValueError("the progress is of another episode (other edits, seed or options)")
+        if not (isinstance(step, int) and 0 < step < self.num_batches):
+            raise ValueError(f"the progress's step must be 1..{self.num_batches - 1}, got {step!r}")
+        current = self.editable.snapshot(full_precision=True)
+        if not isinstance(weights, Mapping) or set(weights) != set(current):
+            raise ValueError(f"the progress's weights must be of the edit modules {sorted(current)}")
+        for name, weight in weights.items():
+            fits = isinstance(weight, torch.Tensor) and weight.shape == current[name].shape
+            if not fits or weight.dtype != current[name].dtype:
+                raise ValueError(f"the progress's weight of {name!r} does not fit the module")
+        self.editable.restore(weights)
+        self._curve = [dict(point) for point in progress.get("curve", [])]
+        self._t = step
+        self._trace = self._trace_batch(step)
+        self._last_info = {"step": step, "edits": step * self.batch_size}
+        return self._observation()
+
     def updates_from_action(self, action) -> dict[str, torch.Tensor]:
         """Validate an action and turn it into fp32 updates dW (d_in, d_out) on the model's device."""
         self._require_running()
@@ -397,6 +438,7 @@ class LifelongEditEnv(gym.Env):
         super().reset(seed=seed)
         self.editable.restore(self._initial_weights)
         records = self._episode_records(options or {})
+        self._fingerprint = _fingerprint(records)
         n = self.batch_size
         tok = self.editable.tokenizer
         cfg = self.reward_config
@@ -622,6 +664,12 @@ class _Clock:
             yield
         finally:
             self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
+
+
+def _fingerprint(records: Sequence[EditRecord]) -> str:
+    """A digest of an episode's edits, in order (what ``resume`` checks a progress against)."""
+    text = "\x1e".join(f"{r.prompt}\x1f{r.target_new}\x1f{r.target_true}" for r in records)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _to_numpy(obs):

@@ -475,6 +475,8 @@ class Benchmark:
         if key not in self._unedited:
             env = self.make_env(agent_spec("noedit"), num_batches, batch_size)
             env.unwrapped.metrics_every = 0
+            if env.unwrapped.evaluation == "both":  # the flag reads teacher-forced Eff: skip generating
+                env.unwrapped.evaluation = "teacher_forced"
             try:
                 metrics = run_episode(env, NoEdit(env), seed=seed)["metrics"]
                 self._unedited[key] = float(metrics.get("eff", metrics.get("eff_em")))

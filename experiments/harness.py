@@ -390,7 +390,7 @@ class Benchmark:
         num_batches, batch_size = parse_schedule(schedule)
         run = run_name(agent_name, schedule, seed)
         settings = {**dataclasses.asdict(cfg), "agent": agent_name, "schedule": schedule, "seed": seed}
-        key, path = settings_key(settings), progress_path(self.out_dir, run)
+        key, path = settings_key(cfg, agent_name, schedule, seed), progress_path(self.out_dir, run)
         saved = read_progress(path, key) if cfg.progress_every_s is not None else None
         earlier = saved.wall_time_s if saved is not None else 0.0  # the earlier pieces' wall time
         pieces = saved.pieces + 1 if saved is not None else 1

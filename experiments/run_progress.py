@@ -4,8 +4,8 @@ on from the last save instead of starting the run over (a 2,000-edit run can tak
 machine stays up). The file is a safetensors checkpoint (``agents.checkpoint``: loading it runs no
 code), written atomically, and removed once the run's rows are in results.csv.
 
-A progress saved under other settings (configuration, agent, schedule or seed) is not used: the run
-starts over and the file is replaced at its first save.
+A progress saved under other settings (the configuration's settings for this agent, schedule and seed)
+is not used: the run starts over and the file is replaced at its first save.
 """
 
 from __future__ import annotations
@@ -36,8 +36,21 @@ def progress_path(out_dir: Path, run: str) -> Path:
     return out_dir / "progress" / f"{run}.safetensors"
 
 
-def settings_key(settings: dict[str, Any]) -> str:
-    """The run's settings as one string: a progress is used only by a run with the same."""
+# the benchmark's settings that do not change what one of its runs computes
+_OTHER_RUNS = ("name", "agents", "seeds", "schedules", "agent_configs", "train_episodes", "progress_every_s")
+
+
+def settings_key(config: Any, agent: str, schedule: str, seed: int) -> str:
+    """What a run computes with, as one string: a progress is used only by a run with the same (the
+    benchmark's other agents, seeds and schedules may change between pieces)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _OTHER_RUNS}
+    settings.update(
+        agent=agent,
+        agent_config=config.agent_configs.get(agent),
+        train_episodes=config.train_episodes.get(agent),
+        schedule=schedule,
+        seed=seed,
+    )
     return json.dumps(settings, sort_keys=True, default=str)
 
 

@@ -338,7 +338,7 @@ def _summarise(results, out: Path, title: str, results_dir: Path) -> None:
 
 
 def _train(config, args) -> int:
-    from experiments.harness import Benchmark, parse_schedule
+    from experiments.harness import Benchmark, parse_schedule, run_name
     from experiments.registry import agent_spec, build_agent, train_or_load
     from experiments.tracking import run_group
 
@@ -349,7 +349,7 @@ def _train(config, args) -> int:
     bench = Benchmark(config, args.out or "results/train", progress=not args.quiet)
     num_batches, batch_size = parse_schedule(config.schedules[0])
     env = bench.make_env(spec, num_batches, batch_size)
-    run = f"{args.agent}-{config.schedules[0]}-seed{config.seeds[0]}"
+    run = run_name(args.agent, config.schedules[0], config.seeds[0])
     settings = {**dataclasses.asdict(config), "agent": args.agent}
     try:
         agent = build_agent(

@@ -515,7 +515,7 @@ class Benchmark:
         if name in self.checkpoints:  # a checkpoint the user gave: used as it is
             return type(agent).load(self.checkpoints[name], env), 0.0
         sources = agent.settings_sources  # a loaded checkpoint's config holds the values, not their origin
-        ckpt = self.out_dir / "checkpoints" / f"{name}-{schedule}-seed{seed}.safetensors"
+        ckpt = self.out_dir / "checkpoints" / f"{run_name(name, schedule, seed)}.safetensors"
         if not ckpt.exists() and ckpt.with_suffix(".pt").exists():
             # a results folder from before safetensors: load refuses it and says how to convert
             ckpt = ckpt.with_suffix(".pt")
@@ -539,6 +539,7 @@ class Benchmark:
 
 
 def run_name(agent: str, schedule: str, seed: int) -> str:
+    """One run's name: its checkpoint, saved progress and tracking run are called so."""
     return f"{agent}-{schedule}-seed{seed}"
 
 

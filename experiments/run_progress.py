@@ -56,11 +56,13 @@ def settings_key(config: Any, agent: str, schedule: str, seed: int) -> str:
 
 def write_progress(path: Path, key: str, progress: RunProgress) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = {f.name: getattr(progress, f.name) for f in dataclasses.fields(progress) if f.name != "episode"}
-    write_checkpoint(
-        path,
-        {"settings": key, "episode": dataclasses.asdict(progress.episode), **fields},
-    )
+    # shallow: dataclasses.asdict would deep-copy every weight, which write_checkpoint copies anyway
+    payload = {**_fields(progress), "episode": _fields(progress.episode)}
+    write_checkpoint(path, {"settings": key, **payload})
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
 
 
 def read_progress(path: Path, key: str) -> RunProgress | None:

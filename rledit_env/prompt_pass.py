@@ -196,18 +196,21 @@ class _PromptPass:
         """Each request's tokens fed after its prompt (row ``rows[i]`` of this pass) and scored:
         (request, position in its tokens, label, NLL, argmax) of every scored token, as flat tensors."""
         device = self.device
-        # a token at position 0 is predicted from its prompt's pass, the others from one pass over
-        # the tokens before them (for the requests that have any)
-        longer = [i for i, r in enumerate(requests) if len(r.tokens) > 1]
-        hidden = None
-        if longer:
-            width = max(len(requests[i].tokens) - 1 for i in longer)
-            fed = torch.full((len(longer), width), _pad_id(self.editable.tokenizer), dtype=torch.long)
-            for j, i in enumerate(longer):
-                fed[j, : len(requests[i].tokens) - 1] = torch.tensor(requests[i].tokens[:-1])
-            rows_of_longer = torch.tensor([rows[i] for i in longer], device=device)
-            hidden, _ = self._continue(rows_of_longer, fed.to(device))
-        slot = {i: j for j, i in enumerate(longer)}
+        # a token at position 0 is predicted from its prompt's pass, the others from one pass over the
+        # tokens before them, requests with as many such tokens together (no padding: ZsRE's answers run
+        # from 1 to over 40 tokens, and a pass padded to the longest would feed mostly padding)
+        by_width: dict[int, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            if len(r.tokens) > 1:
+                by_width[len(r.tokens) - 1].append(i)
+        flat, start_of, offset = [], {}, 0  # every fed token's hidden state; request -> its first's
+        for width, group in by_width.items():
+            fed = torch.tensor([requests[i].tokens[:-1] for i in group], device=device)
+            hidden, _ = self._continue(torch.tensor([rows[i] for i in group], device=device), fed)
+            flat.append(hidden.reshape(len(group) * width, -1))
+            for j, i in enumerate(group):
+                start_of[i] = offset + j * width
+            offset += len(group) * width
         firsts, laters = [], []  # (request, label) and (request, position, label) of the scored tokens
         for i, r in enumerate(requests):
             for position, label in enumerate(r.labels):
@@ -224,8 +227,9 @@ class _PromptPass:
             parts.append((index, torch.zeros_like(index), labels, logprobs))
         if laters:
             index, position, labels = torch.tensor(laters).T
-            at = hidden[torch.tensor([slot[int(i)] for i in index], device=device), (position - 1).to(device)]
-            parts.append((index, position, labels, torch.log_softmax(self.editable._logits(at), -1)))
+            at = torch.tensor([start_of[int(i)] for i in index]) + position - 1
+            hidden = torch.cat(flat)[at.to(device)]
+            parts.append((index, position, labels, torch.log_softmax(self.editable._logits(hidden), -1)))
         request, position, labels = (torch.cat([p[k] for p in parts]) for k in range(3))
         logprobs = torch.cat([p[3] for p in parts])
         nll = -logprobs.gather(1, labels.to(logprobs.device)[:, None]).squeeze(1)
@@ -248,19 +252,30 @@ class _PromptPass:
         eos, stop = eos_ids.to(device), stop_ids.to(device)
         tokens = torch.zeros((len(requests), max(int(budget.max()), 0)), dtype=torch.long, device=device)
         count = torch.zeros(len(requests), dtype=torch.long, device=device)
-        done = budget <= 0
-        nxt = self.next_logprobs[rows_t].argmax(-1)
+        alive = torch.nonzero(budget > 0).flatten()  # the requests still generating
+        nxt = self.next_logprobs[rows_t[alive]].argmax(-1)
         state = None
         for step in range(tokens.shape[1]):
-            active = ~done
-            tokens[:, step] = nxt
-            count += active.long()
+            tokens[alive, step] = nxt
+            count[alive] += 1
             made = step + 1
-            ended = torch.isin(nxt, eos) | (made >= budget) | (torch.isin(nxt, stop) & (made >= least))
-            done = done | (active & ended)
-            if bool(done.all()):
+            ended = torch.isin(nxt, eos) | (made >= budget[alive])
+            ended |= torch.isin(nxt, stop) & (made >= least[alive])
+            if bool(ended.all()):
                 break
-            hidden, state = self._continue(rows_t, nxt[:, None], state)
+            if bool(ended.any()):  # finished rows leave the batch (and the cache)
+                keep = ~ended
+                alive, nxt = alive[keep], nxt[keep]
+                state = None if state is None else self._keep_rows(state, keep)
+            hidden, state = self._continue(rows_t[alive], nxt[:, None], state)
             nxt = self.editable._logits(hidden[:, -1]).argmax(-1)
         tokens, count = tokens.cpu(), count.cpu()
         return [tokens[r, : int(count[r])].tolist() for r in range(len(requests))]
+
+    def _keep_rows(self, state, keep: torch.Tensor):
+        """A decoding state (cache, mask) with only the rows where ``keep`` is true."""
+        from transformers import DynamicCache
+
+        cache, mask = state
+        kept = [(layer.keys[keep], layer.values[keep]) for layer in cache.layers]
+        return DynamicCache(ddp_cache_data=kept, config=self.editable.model.config), mask[keep]

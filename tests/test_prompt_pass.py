@@ -114,6 +114,41 @@ def test_both_suites_together_give_the_metrics_each_gives_alone(name):
         env.close()
 
 
+def test_answers_and_budgets_of_many_lengths_match_whole_sequence_passes():
+    """Answers of 1 to 8 words and budgets of 1 to 9 tokens in one pass: requests of each length are fed
+    together and finished generations leave the batch, with the same results as one at a time."""
+    env = _edited_env()
+    try:
+        editable = env.editable
+        tok = editable.tokenizer
+        records = [r for batch in env.episode for r in batch]
+        words = [r.target_new for r in records]
+        pairs = [(r.prompt, " ".join(words[: 1 + i % 8])) for i, r in enumerate(records)]
+        requests = [AnswerRequest.from_encoded(*encode_one(tok, p, a)) for p, a in pairs]
+        assert len({len(r.tokens) for r in requests}) >= 6
+        scored, _ = run_prompts(editable, requests)
+        whole = editable.target_logits(encode_batch(tok, *zip(*pairs, strict=True)), packed=True)
+        token_nll = torch.nn.functional.cross_entropy(whole.logits, whole.labels, reduction="none")
+        assert torch.equal(scored.rows, whole.rows)
+        assert torch.allclose(scored.nll, token_nll, atol=1e-4, rtol=1e-4)
+        assert torch.equal(scored.argmax, whole.logits.argmax(-1))
+
+        decodes = [DecodeRequest(q.prompt, 1 + i % 9) for i, q in enumerate(requests)]
+        _, generated = run_prompts(editable, decodes=decodes)
+        assert [len(t) for t in generated] == [q.budget for q in decodes]  # no stop tokens given
+        for q, tokens in zip(decodes, generated, strict=True):
+            out = editable.model.generate(
+                input_ids=torch.tensor([q.prompt]),
+                max_new_tokens=q.budget,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=None,
+            )[0, len(q.prompt) :].tolist()
+            assert tokens == out
+    finally:
+        env.close()
+
+
 def test_requests_without_a_prompt_are_refused():
     env = tiny_env()
     try:

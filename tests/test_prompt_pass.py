@@ -34,6 +34,18 @@ def _pairs(env):
     return [(p, a) for p in prompts[:40] for a in answers[:2]] + [(r.prompt, r.target_new) for r in records]
 
 
+def _greedy_one(editable, q: DecodeRequest) -> list[int]:
+    """transformers' greedy ``generate`` on one prompt, ``q.budget`` new tokens, no stop token."""
+    out = editable.model.generate(
+        input_ids=torch.tensor([q.prompt]),
+        max_new_tokens=q.budget,
+        do_sample=False,
+        pad_token_id=editable.tokenizer.pad_token_id,
+        eos_token_id=None,
+    )
+    return out[0, len(q.prompt) :].tolist()
+
+
 MODELS = ["tinyworld-tiny", pytest.param("smollm2", marks=pytest.mark.slow)]
 
 
@@ -75,13 +87,7 @@ def test_generations_match_transformers_generate_one_prompt_at_a_time(name):
         eos, clause = _eos_ids(editable), _clause_end_ids(tok)
         _, generated = run_prompts(editable, decodes=decodes, eos_ids=eos, stop_ids=clause)
         for q, tokens in zip(decodes, generated, strict=True):
-            out = editable.model.generate(
-                input_ids=torch.tensor([q.prompt]),
-                max_new_tokens=q.budget,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=None,
-            )[0, len(q.prompt) :].tolist()
+            out = _greedy_one(editable, q)
             expected = []
             for made, token in enumerate(out, start=1):  # the stop rules, applied afterwards
                 expected.append(token)
@@ -137,13 +143,7 @@ def test_answers_and_budgets_of_many_lengths_match_whole_sequence_passes():
         _, generated = run_prompts(editable, decodes=decodes)
         assert [len(t) for t in generated] == [q.budget for q in decodes]  # no stop tokens given
         for q, tokens in zip(decodes, generated, strict=True):
-            out = editable.model.generate(
-                input_ids=torch.tensor([q.prompt]),
-                max_new_tokens=q.budget,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=None,
-            )[0, len(q.prompt) :].tolist()
+            out = _greedy_one(editable, q)
             assert tokens == out
     finally:
         env.close()

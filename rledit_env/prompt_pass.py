@@ -167,13 +167,9 @@ class _PromptPass:
     def _continue(self, rows: torch.Tensor, tokens: torch.Tensor, cache=None):
         """Hidden states of ``tokens`` (R, w) fed after the prompts ``rows`` (R,), and the cache after
         them; ``cache`` continues an earlier call's (decoding)."""
-        from transformers import DynamicCache
-
         editable = self.editable
         if cache is None:
-            cache = DynamicCache(
-                ddp_cache_data=[(k[rows], v[rows]) for k, v in self.cache], config=editable.model.config
-            )
+            cache = self._cache_of([(k[rows], v[rows]) for k, v in self.cache])
             mask = self.mask[rows]
         else:
             cache, mask = cache
@@ -274,8 +270,11 @@ class _PromptPass:
 
     def _keep_rows(self, state, keep: torch.Tensor):
         """A decoding state (cache, mask) with only the rows where ``keep`` is true."""
+        cache, mask = state
+        return self._cache_of([(layer.keys[keep], layer.values[keep]) for layer in cache.layers]), mask[keep]
+
+    def _cache_of(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        """A key-value cache holding each layer's (keys, values)."""
         from transformers import DynamicCache
 
-        cache, mask = state
-        kept = [(layer.keys[keep], layer.values[keep]) for layer in cache.layers]
-        return DynamicCache(ddp_cache_data=kept, config=self.editable.model.config), mask[keep]
+        return DynamicCache(ddp_cache_data=layers, config=self.editable.model.config)

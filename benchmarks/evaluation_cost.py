@@ -29,12 +29,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from baseline_tree import trees
+from baseline_tree import MeasurementFailed, measure_in, trees
 
 BASELINE = "10b7061"  # the last commit before this benchmark's work (issue 13)
 PUBLISHED = {"paraphrases_per_edit": 1, "neighbours_per_edit": 1}
@@ -138,30 +136,19 @@ MEASURES = {"episode": measure_episode, "training": measure_training, "passes": 
 
 # ------------------------------------------------------------------------------ orchestration
 def run(tree: Path, kind: str, args, **extra) -> dict | None:
-    """One measurement in a fresh process, with ``tree``'s packages first on the path."""
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--measure",
-        kind,
-        "--model",
-        args.model,
-        "--num-batches",
-        str(args.num_batches),
-        "--sequences",
-        str(args.sequences),
-    ]
+    """One measurement in a fresh process of ``tree`` (None where that tree does not support it)."""
+    arguments = ["--measure", kind, "--model", args.model, "--num-batches", str(args.num_batches)]
+    arguments += ["--sequences", str(args.sequences)]
     if args.dataset:
-        command += ["--dataset", args.dataset]
+        arguments += ["--dataset", args.dataset]
     for key, value in extra.items():
-        command += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        if "unsupported" in done.stderr:
+        arguments += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    try:
+        return measure_in(tree, __file__, arguments)
+    except MeasurementFailed as failed:
+        if "unsupported" in failed.stderr:
             return None
-        raise RuntimeError(f"{kind} {extra} in {tree} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from baseline_tree import trees
+from baseline_tree import measure_in, trees
 
 BASELINE = "513444d"  # the last commit before each prompt ran once for both suites
 SUITES = ("teacher_forced", "generation", "both")
@@ -101,18 +99,13 @@ def measure(args) -> dict:
 
 
 def run(tree: Path, args) -> dict:
-    """One measurement in a fresh process, with ``tree``'s packages first on the path."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--measure"]
-    command += ["--model", args.model, "--num-batches", str(args.num_batches)]
-    command += ["--batch-size", str(args.batch_size), "--metrics-every", str(args.metrics_every)]
-    command += ["--lr", str(args.lr), "--seed", str(args.seed)]
+    """One measurement in a fresh process of ``tree``."""
+    arguments = ["--measure", "--model", args.model, "--num-batches", str(args.num_batches)]
+    arguments += ["--batch-size", str(args.batch_size), "--metrics-every", str(args.metrics_every)]
+    arguments += ["--lr", str(args.lr), "--seed", str(args.seed)]
     if args.dataset:
-        command += ["--dataset", args.dataset]
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"the measurement in {tree} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        arguments += ["--dataset", args.dataset]
+    return measure_in(tree, __file__, arguments)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from baseline_tree import trees
+from baseline_tree import measure_in, trees
 
 BASELINE = "5931f45"  # the last commit before this benchmark's work (issue 35)
 AGENTS = ("memit", "alphaedit", "finetune")
@@ -88,17 +86,12 @@ def measure(args) -> dict:
 
 
 def run(tree: Path, agent: str, args) -> dict:
-    """One measurement in a fresh process, with ``tree``'s packages first on the path."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--measure-agent", agent]
-    command += ["--model", args.model, "--dataset", args.dataset, "--train-dataset", args.train_dataset]
-    command += ["--num-batches", str(args.num_batches)]
+    """One measurement in a fresh process of ``tree``."""
+    arguments = ["--measure-agent", agent, "--model", args.model, "--dataset", args.dataset]
+    arguments += ["--train-dataset", args.train_dataset, "--num-batches", str(args.num_batches)]
     if args.profile:
-        command += ["--profile", args.profile]
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{agent} in {tree} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        arguments += ["--profile", args.profile]
+    return measure_in(tree, __file__, arguments)
 
 
 def main(argv: list[str] | None = None) -> None:

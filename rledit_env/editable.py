@@ -689,6 +689,12 @@ class EditableModel:
             layer=layer,
         )
 
+    def kv_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        """A transformers key-value cache holding each decoder layer's (keys, values)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
     def _cache_argument(self) -> str:
         """The base model's name for a key-value cache (``cache`` since transformers 5.25)."""
         parameters = inspect.signature(self.model.base_model.forward).parameters
@@ -701,13 +707,11 @@ class EditableModel:
         Runs only the layers above ``suffix.layer``, only on the suffix tokens (the tokens before read
         from the cache), and the last layer's MLP only where logits are read.
         """
-        from transformers import DynamicCache
-
         first = suffix.hidden[:, :1] + added[:, None].to(suffix.hidden.dtype)
         hidden = torch.cat([first, suffix.hidden[:, 1:]], 1)
         cache = None
         if suffix.cache is not None:
-            cache = DynamicCache(ddp_cache_data=suffix.cache, config=self.model.config)
+            cache = self.kv_cache(suffix.cache)
         at_targets = torch.zeros_like(suffix.input_ids, dtype=torch.bool)
         at_targets[suffix.targets] = True
         with torch.enable_grad():

@@ -169,7 +169,7 @@ class _PromptPass:
         them; ``cache`` continues an earlier call's (decoding)."""
         editable = self.editable
         if cache is None:
-            cache = self._cache_of([(k[rows], v[rows]) for k, v in self.cache])
+            cache = self.editable.kv_cache([(k[rows], v[rows]) for k, v in self.cache])
             mask = self.mask[rows]
         else:
             cache, mask = cache
@@ -271,10 +271,5 @@ class _PromptPass:
     def _keep_rows(self, state, keep: torch.Tensor):
         """A decoding state (cache, mask) with only the rows where ``keep`` is true."""
         cache, mask = state
-        return self._cache_of([(layer.keys[keep], layer.values[keep]) for layer in cache.layers]), mask[keep]
-
-    def _cache_of(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
-        """A key-value cache holding each layer's (keys, values)."""
-        from transformers import DynamicCache
-
-        return DynamicCache(ddp_cache_data=layers, config=self.editable.model.config)
+        kept = [(layer.keys[keep], layer.values[keep]) for layer in cache.layers]
+        return self.editable.kv_cache(kept), mask[keep]

@@ -1,0 +1,45 @@
+"""experiments/ablation.py: an agent's settings taken away or added one row at a time, on a base config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+from single_thread import one_torch_thread  # noqa: F401  (autouse)
+
+from experiments.ablation import AGENTS, VARIANTS, ablation, base_config
+
+
+@pytest.mark.parametrize("which", sorted(VARIANTS))
+def test_every_row_is_a_valid_benchmark_of_its_agent(which):
+    base = base_config("tinyworld-large-100x20", None, None)
+    for settings in VARIANTS[which].values():
+        agent = AGENTS[which]
+        merged = {**base.agent_configs.get(agent, {}), **settings}
+        dataclasses.replace(base, agents=[agent], agent_configs={agent: merged}).validate()
+
+
+def test_a_named_base_keeps_its_model_and_settings_and_takes_the_overrides():
+    base = base_config("tinyworld-large-100x20", "10x5", 3)
+    assert (base.model, base.schedules) == ("tinyworld-large", ["10x5"])
+    assert base.train_episodes["rledit"] == 3 and base.train_episodes["mend"] == 100
+    assert base.agent_configs["rledit"]["validate_every"] == 4
+    default = base_config(None, None, None)
+    assert (default.model, default.schedules) == ("tinyworld", ["40x10"])
+    assert default.train_episodes == {"rledit": 24}
+
+
+def test_stableedit_rows_run_their_settings_and_are_tabled(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"model": "tinyworld-tiny", "schedules": ["2x4"], "agents": ["noedit"]}))
+    table = ablation("stableedit", base_config(str(path), None, None), tmp_path, [0])
+    assert list(table["variant"]) == list(VARIANTS["stableedit"])
+    assert (table["ms_per_edit"] > 0).all()
+    # whitening changes the update: the rows with and without it differ
+    assert table.loc[0, "eff_acc"] != table.loc[2, "eff_acc"] or table.loc[0, "ppl"] != table.loc[2, "ppl"]
+    saved = pd.read_csv(tmp_path / "stableedit.csv")
+    assert list(saved["variant"]) == list(table["variant"])
+    runs = pd.read_csv(tmp_path / "stableedit-3" / "results.csv")
+    assert set(runs["agent"]) == {"stableedit"}

@@ -8,9 +8,10 @@ benchmark of one agent with the row's ``agent_configs`` on top of a base configu
 Without ``--config`` the base is the default TinyWorld at ``--schedule`` (40 x 10); with one, its model,
 edits, schedules and agent settings, the row's settings merged on top. Only the final evaluation is
 scored (no curves, no general-ability probe). RLEdit's rows are cumulative (each adds one change to the
-row above); StableEdit's take its two parts away, one at a time and together, at one step size. Resumable
+row above; each states its validation, so a base configuration's does not reach the first two);
+StableEdit's take its two parts away, one at a time and together, at one step size. Resumable
 like any benchmark; prints the table (final metrics over all edits, mean over seeds) and writes it to
-``<out>/<which>.csv``.
+``<out>/<which>.csv`` (``--rows``: the chosen rows only, to ``<out>/<which>-rows-<numbers>.csv``).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "+ paraphrases only, regulariser without gradient": {},
     },
     "trained": {
-        "as before (normaliser carried)": {"normaliser": "carry"},
-        "+ fresh normaliser per sequence": {},
+        "as before (normaliser carried)": {"normaliser": "carry", "validate_every": None},
+        "+ fresh normaliser per sequence": {"validate_every": None},
         "+ validation every 4 episodes": {"validate_every": 4},
         "+ step sizes' meta lr 1e-3": {"validate_every": 4, "step_meta_lr": 1e-3},
         "+ locality against the unedited model": {
@@ -77,10 +78,15 @@ def base_config(config: str | None, schedule: str | None, train_episodes: int | 
     return base
 
 
-def ablation(which: str, base: BenchmarkConfig, out: Path, seeds: list[int]) -> pd.DataFrame:
+def ablation(
+    which: str, base: BenchmarkConfig, out: Path, seeds: list[int], only: list[int] | None = None
+) -> pd.DataFrame:
+    """The table's rows (``only``: those, by number from 0), each a benchmark in ``<out>/<which>-<row>``."""
     agent = AGENTS[which]
     rows = []
     for i, (label, settings) in enumerate(VARIANTS[which].items()):
+        if only is not None and i not in only:
+            continue
         start = time.perf_counter()
         config = dataclasses.replace(
             base, agents=[agent], seeds=seeds, metrics_every=0, general_probe=None,
@@ -98,8 +104,18 @@ def ablation(which: str, base: BenchmarkConfig, out: Path, seeds: list[int]) -> 
         )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out / f"{which}.csv", index=False)
+    table.to_csv(
+        out / f"{which}.csv" if only is None else out / f"{which}-rows-{'-'.join(map(str, only))}.csv",
+        index=False,
+    )
     return table
+
+
+def _rows(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rows must be numbers separated by commas, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     base = base_config(args.config, args.schedule, args.train_episodes)
     out = Path(args.out or f"results/ablation-{args.which}-{Path(args.config or 'tinyworld').stem}")
     out.mkdir(parents=True, exist_ok=True)
-    table = ablation(args.which, base, out, args.seeds)
+    table = ablation(args.which, base, out, args.seeds, args.rows)
     print(table.to_markdown(index=False))
     return 0
 

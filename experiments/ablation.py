@@ -9,7 +9,8 @@ Without ``--config`` the base is the default TinyWorld at ``--schedule`` (40 x 1
 edits, schedules and agent settings, the row's settings merged on top. Only the final evaluation is
 scored (no curves, no general-ability probe). RLEdit's rows are cumulative (each adds one change to the
 row above; each states its validation, so a base configuration's does not reach the first two);
-StableEdit's take its two parts away, one at a time and together, at one step size. Resumable
+StableEdit's take its two parts away, one at a time and together (a step size left at "auto" is
+calibrated for each row by the same rule; the table's ``auto_settings`` says what each got). Resumable
 like any benchmark; prints the table (final metrics over all edits, mean over seeds) and writes it to
 ``<out>/<which>.csv`` (``--rows``: the chosen rows only, to ``<out>/<which>-rows-<numbers>.csv``).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -99,8 +101,9 @@ def ablation(
                 "variant": label,
                 **final[METRICS].mean().round(3),
                 "train_s": round(final["train_time_s"].mean()),
+                "wall_s": round(time.perf_counter() - start),
+                "auto_settings": _resolved(final["auto_settings"].iloc[0]),
             }
-            | {"wall_s": round(time.perf_counter() - start)}
         )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
@@ -109,6 +112,12 @@ def ablation(
         index=False,
     )
     return table
+
+
+def _resolved(auto_settings: str) -> str:
+    """A results row's settings left at "auto", as the values they got (e.g. "lr=0.0003")."""
+    settings = json.loads(auto_settings) if isinstance(auto_settings, str) and auto_settings else {}
+    return ", ".join(f"{name}={value}" for name, (value, _) in settings.items())
 
 
 def _rows(text: str) -> list[int]:

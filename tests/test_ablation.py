@@ -38,6 +38,7 @@ def test_chosen_stableedit_rows_run_their_settings_and_are_tabled(tmp_path):
     names = list(VARIANTS["stableedit"])
     assert list(table["variant"]) == [names[0], names[2]]
     assert (table["ms_per_edit"] > 0).all()
+    assert all(s.startswith("lr=") for s in table["auto_settings"])  # tinyworld-tiny: the tuned lr
     # whitening changes the update: the rows with and without it differ
     assert table.loc[0, "eff_acc"] != table.loc[1, "eff_acc"] or table.loc[0, "ppl"] != table.loc[1, "ppl"]
     saved = pd.read_csv(tmp_path / "stableedit-rows-0-2.csv")

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="default: results/ablation-<which>-<configuration>")
     parser.add_argument("--seeds", type=_seeds, default=[0])
     parser.add_argument("--schedule", help="T x n; default: the configuration's, else 40x10")
+    parser.add_argument("--rows", type=_rows, help="only these rows, numbered from 0 (e.g. 1,4)")
     parser.add_argument(
         "--train-episodes",
         type=int,

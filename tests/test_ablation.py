@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from single_thread import one_torch_thread  # noqa: F401  (autouse)
 
-from experiments.ablation import AGENTS, VARIANTS, ablation, base_config
+from experiments.ablation import AGENTS, VARIANTS, ablation, base_config, main
 
 
 @pytest.mark.parametrize("which", sorted(VARIANTS))
@@ -46,3 +46,13 @@ def test_chosen_stableedit_rows_run_their_settings_and_are_tabled(tmp_path):
     assert not (tmp_path / "stableedit-1").exists()
     runs = pd.read_csv(tmp_path / "stableedit-2" / "results.csv")
     assert set(runs["agent"]) == {"stableedit"}
+
+
+def test_the_command_line_takes_rows_and_names_a_bad_one(tmp_path, capsys):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"model": "tinyworld-tiny", "schedules": ["1x2"], "agents": ["noedit"]}))
+    assert main(["stableedit", "--config", str(path), "--rows", "3", "--out", str(tmp_path)]) == 0
+    assert list(pd.read_csv(tmp_path / "stableedit-rows-3.csv")["variant"]) == ["neither"]
+    with pytest.raises(SystemExit):
+        main(["stableedit", "--config", str(path), "--rows", "one", "--out", str(tmp_path)])
+    assert "rows must be numbers separated by commas, got 'one'" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.cli import CONFIG_DIR, _seeds
+from experiments.cli import UsageError, _seeds, config_path
 from experiments.harness import Benchmark, BenchmarkConfig, final_rows
 
 _BEFORE = {
@@ -71,8 +71,7 @@ def base_config(config: str | None, schedule: str | None, train_episodes: int | 
             model="tinyworld", schedules=[schedule or "40x10"], train_episodes={"rledit": 24}
         )
     else:
-        path = Path(config) if Path(config).exists() else CONFIG_DIR / f"{config}.json"
-        base = BenchmarkConfig.from_file(path)
+        base = BenchmarkConfig.from_file(config_path(config))
         if schedule is not None:
             base.schedules = [schedule]
     if train_episodes is not None:
@@ -141,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         help="rledit's training sequences; default: the configuration's, else 24",
     )
     args = parser.parse_args(argv)
-    base = base_config(args.config, args.schedule, args.train_episodes)
+    try:
+        base = base_config(args.config, args.schedule, args.train_episodes)
+    except UsageError as exc:
+        parser.error(str(exc))
     out = Path(args.out or f"results/ablation-{args.which}-{Path(args.config or 'tinyworld').stem}")
     out.mkdir(parents=True, exist_ok=True)
     table = ablation(args.which, base, out, args.seeds, args.rows)

@@ -185,17 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_path(name: str) -> Path:
+    """A configuration's file: ``name`` itself if it is a file, else a shipped configuration's name."""
+    if Path(name).exists():
+        return Path(name)
+    named = CONFIG_DIR / f"{name}.json"
+    if not named.exists():
+        raise UsageError(f"no configuration {name!r} (files in {CONFIG_DIR}: {_config_names()})")
+    return named
+
+
 def resolve_config(args: argparse.Namespace, default_config: str | None):
     """A BenchmarkConfig from --config (or the default file) with command-line overrides on top."""
     from experiments.harness import BenchmarkConfig
 
     source = args.config or (str(CONFIG_DIR / default_config) if default_config else None)
-    if source is not None and not Path(source).exists():
-        named = CONFIG_DIR / f"{source}.json"
-        if not named.exists():
-            raise UsageError(f"no configuration {source!r} (files in {CONFIG_DIR}: {_config_names()})")
-        source = str(named)
-    config = BenchmarkConfig.from_file(source) if source else BenchmarkConfig()
+    config = BenchmarkConfig.from_file(config_path(source)) if source else BenchmarkConfig()
     overrides = {
         "model": args.model,
         "dataset": args.dataset,

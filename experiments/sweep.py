@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents.auto_settings import selection_score
-from experiments.cli import CONFIG_DIR, _csv, _json_value, _seeds
+from experiments.cli import UsageError, _csv, _json_value, _seeds, config_path
 from experiments.harness import Benchmark, BenchmarkConfig, final_rows
 
 COLUMNS = ["eff", "gen", "spe", "eff_acc", "gen_acc", "spe_acc", "ppl"]
@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edit-modules", type=_csv, help="comma-separated module names (see above)")
     parser.add_argument("--out", help="default: results/sweep-<config>-<agent>-<setting>")
     args = parser.parse_args(argv)
-    path = Path(args.config) if Path(args.config).exists() else CONFIG_DIR / f"{args.config}.json"
-    config = BenchmarkConfig.from_file(path)
+    try:
+        config = BenchmarkConfig.from_file(config_path(args.config))
+    except UsageError as exc:
+        parser.error(str(exc))
     config = dataclasses.replace(
         config,
         seeds=args.seeds or config.seeds,

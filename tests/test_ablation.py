@@ -56,3 +56,11 @@ def test_the_command_line_takes_rows_and_names_a_bad_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["stableedit", "--config", str(path), "--rows", "one", "--out", str(tmp_path)])
     assert "rows must be numbers separated by commas, got 'one'" in capsys.readouterr().err
+
+
+def test_an_unknown_configuration_is_named_with_the_shipped_ones(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["stableedit", "--config", "no-such-config"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no configuration 'no-such-config'" in err and "demo-tinyworld" in err

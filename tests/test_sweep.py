@@ -53,3 +53,11 @@ def test_the_command_line_refuses_a_setting_the_agent_does_not_have(tmp_path):
                 str(tmp_path),
             ]
         )
+
+
+def test_the_command_line_names_an_unknown_configuration(capsys):
+    args = ["--agent", "ultraedit", "--setting", "lr", "--values", "1"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", "no-such-config", *args])
+    assert exit_.value.code == 2
+    assert "no configuration 'no-such-config'" in capsys.readouterr().err

@@ -89,9 +89,12 @@ class FineTune(EditAgent):
         batch = encode_batch(
             core.editable.tokenizer, [r.prompt for r in records], [r.target_new for r in records]
         )
-        # the layers below the first edited one never change: run once a batch, not once a step
+        # the layers below the first edited one never change: run once a batch, not once a step;
+        # packed: the MLPs skip the padding (no hook here indexes the batch's rows)
         prefix = core.editable.frozen_prefix(batch)
-        return lambda deltas: core.editable.target_logits(batch, deltas, prefix=prefix).nll().mean()
+        return lambda deltas: (
+            core.editable.target_logits(batch, deltas, prefix=prefix, packed=True).nll().mean()
+        )
 
     @staticmethod
     @torch.no_grad()

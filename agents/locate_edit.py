@@ -342,39 +342,34 @@ class LocateThenEdit(EditAgent):
         device = editable.device
         rewrite_edits = requests.edit_index.to(device)
         essence_edits = requests.essence_edit_index.to(device)
-        parts = [(requests.rewrite, requests.rewrite_pos)]
-        if requests.essence is not None:
-            parts.append((requests.essence, requests.essence_pos))
-        suffixes = []
-        for part, (part_rows, part_cols) in parts:
-            start = torch.zeros(len(part), dtype=torch.long)
-            start[part_rows] = part_cols  # one lookup token per row
-            suffixes.append(editable.suffix_after(part, self.critical_index, start))
-        if suffixes[0] is not None:  # each part padded to its own rows' longest suffix
-            hidden = suffixes[0].hidden
-            h = hidden[requests.bare.to(hidden.device), 0].to(device, torch.float32)
-
-            def cut_pass(delta, rewrite_rows, essence_rows):
-                rewrite = suffixes[0].select(rewrite_rows)
-                row_nll = editable.suffix_target_logits(rewrite, delta[rewrite_edits[rewrite_rows]]).nll()
-                if len(suffixes) == 1 or not len(essence_rows):
-                    return row_nll, None
-                essence = suffixes[1].select(essence_rows)
-                found = editable.suffix_target_logits(essence, delta[essence_edits[essence_rows]])
-                return row_nll, torch.log_softmax(found.logits, -1)  # one token a row
-
-            return cut_pass, h
-
         rows = len(requests.rewrite)
         batch, positions = requests.rewrite, requests.rewrite_pos
         edit_index = rewrite_edits
-        if requests.essence is not None:
+        if requests.essence is not None:  # one pass a step for both kinds of rows
             batch = stack_rows([requests.rewrite, requests.essence])
             positions = (
                 torch.cat([positions[0], requests.essence_pos[0] + rows]),
                 torch.cat([positions[1], requests.essence_pos[1]]),
             )
             edit_index = torch.cat([edit_index, essence_edits])
+        start = torch.zeros(len(batch), dtype=torch.long)
+        start[positions[0]] = positions[1]  # one lookup token per row
+        suffix = editable.suffix_after(batch, self.critical_index, start)
+        if suffix is not None:
+            hidden = suffix.hidden
+            h = hidden[requests.bare.to(hidden.device), 0].to(device, torch.float32)
+
+            def cut_pass(delta, rewrite_rows, essence_rows):
+                chosen = torch.cat([rewrite_rows, essence_rows + rows])
+                found = editable.suffix_target_logits(suffix.select(chosen), delta[edit_index[chosen]])
+                row_nll = found.nll()[: len(rewrite_rows)]
+                if not len(essence_rows):
+                    return row_nll, None
+                # the "{subject} is a" rows hold one answer token each
+                return row_nll, torch.log_softmax(found.logits[found.rows >= len(rewrite_rows)], -1)
+
+            return cut_pass, h
+
         if len(batch) > editable.eval_batch_size:
             raise ValueError(
                 f"{len(batch)} prompts per step exceed eval_batch_size={editable.eval_batch_size}: "

@@ -22,8 +22,8 @@ from rledit_env.presets import (
     check_tokenizer,
     decoder_layers,
     layer_attention,
+    mlp_blocks,
     resolve_edit_modules,
-    top_mlp,
 )
 from rledit_env.tokenization import IGNORE_INDEX, EncodedBatch
 
@@ -157,7 +157,7 @@ class EditableModel:
             )
         self._layers, self.frozen_depth = self._frozen_layers()
         self._frozen_attention = self._find_frozen_attention()
-        self._top_mlp = top_mlp(model)
+        self._mlps = mlp_blocks(model)
         # bf16/fp16 weights keep 8/11 bits of mantissa, so small updates added to them one by one would
         # round away. Updates accumulate in an fp32 master copy of the edit modules (only those) instead,
         # and the model's weight is that master rounded once.
@@ -337,30 +337,40 @@ class EditableModel:
             for i, layer in enumerate(skipped):
                 layers[i] = layer
 
+    def _mlp_positions(self, real: torch.Tensor, targets: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Where each layer's MLP must run for the logits at ``targets`` ((B, L) bool) of a batch whose
+        tokens are ``real`` (its attention mask): the real tokens (padding is read by no one), and in the
+        last layer only the targets (``_mlps_at``)."""
+        if self._mlps is None:
+            return {}
+        return {i: real for i in range(len(self._mlps) - 1)} | {-1: targets}
+
     @contextmanager
-    def _top_mlp_at(self, positions: torch.Tensor) -> Iterator[None]:
-        """Inside the block the last layer's MLP runs only at ``positions`` ((B, L) bool) and adds
-        nothing elsewhere. Exact for the logits there: an MLP acts on each position alone, and the last
-        layer's output is read nowhere else. (No-op for an architecture without a preset.)"""
-        if self._top_mlp is None:
+    def _mlps_at(self, positions: dict[int, torch.Tensor]) -> Iterator[None]:
+        """Inside the block the MLP of each layer ``i`` in ``positions`` runs only at ``positions[i]``
+        ((B, L) bool) and adds nothing elsewhere. Exact where the layer's output is read only there (an
+        MLP acts on each position alone): the last layer's (-1) at the positions whose logits are read,
+        any layer's at a batch's real tokens (padding is read by no one). Saves the MLP's cost at the
+        other positions. (No-op for an architecture without a preset.)"""
+        if self._mlps is None:
             yield
             return
-        shape: list[torch.Size] = []
+        handles = []
+        for layer, where in positions.items():
+            shape: list[torch.Size] = []
 
-        def gather(_module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            shape.append(x.shape)
-            picked = x[positions.to(x.device)].unsqueeze(0)
-            return ((picked, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": picked})
+            def gather(_module, args, kwargs, where=where, shape=shape):
+                x = args[0] if args else kwargs["hidden_states"]
+                shape.append(x.shape)
+                picked = x[where.to(x.device)].unsqueeze(0)
+                return ((picked, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": picked})
 
-        def scatter(_module, _args, _kwargs, out):
-            mask = positions.to(out.device).unsqueeze(-1)
-            return out.new_zeros(shape.pop()).masked_scatter(mask, out[0])
+            def scatter(_module, _args, _kwargs, out, where=where, shape=shape):
+                return out.new_zeros(shape.pop()).masked_scatter(where.to(out.device).unsqueeze(-1), out[0])
 
-        handles = [
-            self._top_mlp.register_forward_pre_hook(gather, with_kwargs=True),
-            self._top_mlp.register_forward_hook(scatter, with_kwargs=True),
-        ]
+            mlp = self._mlps[layer]
+            handles.append(mlp.register_forward_pre_hook(gather, with_kwargs=True))
+            handles.append(mlp.register_forward_hook(scatter, with_kwargs=True))
         try:
             yield
         finally:
@@ -447,10 +457,10 @@ class EditableModel:
         By default rows go through in their own order, ``eval_batch_size`` per pass (what hooks that
         index a pass's rows, such as ``add_to_output``, need). ``packed=True`` is for scoring many
         prompts: rows of similar length share a pass of at most ``tokens_per_pass`` tokens, each pass
-        trimmed to its longest row, so there are few passes and little padding, and the last layer's MLP
-        runs only where logits are read. Either way the tokens come back in the batch's order (by row,
-        then position). ``prefix`` (``frozen_prefix(batch)``) starts the passes at the first layer with
-        an edit module.
+        trimmed to its longest row, so there are few passes and little padding, and the MLPs run only on
+        the real tokens, the last layer's only where logits are read. Either way the tokens come back in
+        the batch's order (by row, then position). ``prefix`` (``frozen_prefix(batch)``) starts the
+        passes at the first layer with an edit module.
         """
         batch = batch.to(self.input_device())
         grad = enable_grad or (bool(updates) and any(u.requires_grad for u in updates.values()))
@@ -460,7 +470,8 @@ class EditableModel:
                 chunk_prefix = (
                     None if prefix is None else prefix[rows.to(prefix.device), : chunk.input_ids.shape[1]]
                 )
-                with self._top_mlp_at(chunk.target_positions) if packed else nullcontext():
+                mlps = self._mlp_positions(chunk.attention_mask.bool(), chunk.target_positions)
+                with self._mlps_at(mlps) if packed else nullcontext():
                     hidden = self._hidden_states(chunk, updates, chunk_prefix)
                 part = self._read_targets(hidden, chunk)
                 part.rows = rows.to(part.rows.device)[part.rows]
@@ -705,7 +716,8 @@ class EditableModel:
         residual stream after its layer at row i's first suffix token; differentiable in ``added``.
 
         Runs only the layers above ``suffix.layer``, only on the suffix tokens (the tokens before read
-        from the cache), and the last layer's MLP only where logits are read.
+        from the cache), their MLPs only on the real tokens (not the padding), and the last layer's MLP
+        only where logits are read.
         """
         first = suffix.hidden[:, :1] + added[:, None].to(suffix.hidden.dtype)
         hidden = torch.cat([first, suffix.hidden[:, 1:]], 1)
@@ -714,8 +726,12 @@ class EditableModel:
             cache = self.kv_cache(suffix.cache)
         at_targets = torch.zeros_like(suffix.input_ids, dtype=torch.bool)
         at_targets[suffix.targets] = True
+        real = suffix.attention_mask[:, -suffix.input_ids.shape[1] :].bool()
         with torch.enable_grad():
-            with self._start_at(suffix.layer + 1, hidden), self._top_mlp_at(at_targets):
+            with (
+                self._start_at(suffix.layer + 1, hidden),
+                self._mlps_at(self._mlp_positions(real, at_targets)),
+            ):
                 out = self.model.base_model(
                     input_ids=suffix.input_ids,
                     attention_mask=suffix.attention_mask,

@@ -196,12 +196,15 @@ def decoder_layers(model, module_names: Sequence[str]) -> tuple[Any, int] | None
     return model.get_submodule(arch.layer_path.rsplit(".", 1)[0]), min(int(m.group(1)) for m in indices)
 
 
-def top_mlp(model) -> Any | None:
-    """The MLP block of the model's last decoder layer, or None for an architecture without an entry."""
+def mlp_blocks(model) -> list[Any] | None:
+    """The MLP block of each decoder layer, lowest first, or None for an architecture without an entry."""
     arch = _ARCHITECTURES.get(getattr(model.config, "model_type", None))
     if arch is None:
         return None
-    return model.get_submodule(f"{arch.layer_path.format(i=num_layers(model.config) - 1)}.{arch.mlp}")
+    return [
+        model.get_submodule(f"{arch.layer_path.format(i=i)}.{arch.mlp}")
+        for i in range(num_layers(model.config))
+    ]
 
 
 def mlp_output_layer(config, name: str) -> int:

@@ -337,26 +337,19 @@ class EditableModel:
             for i, layer in enumerate(skipped):
                 layers[i] = layer
 
-    def _mlp_positions(self, real: torch.Tensor, targets: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Where each layer's MLP must run for the logits at ``targets`` ((B, L) bool) of a batch whose
-        tokens are ``real`` (its attention mask): the real tokens (padding is read by no one), and in the
-        last layer only the targets (``_mlps_at``)."""
-        if self._mlps is None:
-            return {}
-        return {i: real for i in range(len(self._mlps) - 1)} | {-1: targets}
-
     @contextmanager
-    def _mlps_at(self, positions: dict[int, torch.Tensor]) -> Iterator[None]:
-        """Inside the block the MLP of each layer ``i`` in ``positions`` runs only at ``positions[i]``
-        ((B, L) bool) and adds nothing elsewhere. Exact where the layer's output is read only there (an
-        MLP acts on each position alone): the last layer's (-1) at the positions whose logits are read,
-        any layer's at a batch's real tokens (padding is read by no one). Saves the MLP's cost at the
-        other positions. (No-op for an architecture without a preset.)"""
+    def _mlps_at(self, real: torch.Tensor, targets: torch.Tensor) -> Iterator[None]:
+        """Inside the block each layer's MLP runs only where its output is read, for the logits at
+        ``targets`` ((B, L) bool) of a batch whose tokens are ``real`` (its attention mask): at the real
+        tokens (padding is read by no one), the last layer's only at the targets; it adds nothing
+        elsewhere. Exact, as an MLP acts on each position alone, and saves its cost at the other
+        positions. (No-op for an architecture without a preset.)"""
         if self._mlps is None:
             yield
             return
         handles = []
-        for layer, where in positions.items():
+        for i, mlp in enumerate(self._mlps):
+            where = targets if i == len(self._mlps) - 1 else real
             shape: list[torch.Size] = []
 
             def gather(_module, args, kwargs, where=where, shape=shape):
@@ -368,7 +361,6 @@ class EditableModel:
             def scatter(_module, _args, _kwargs, out, where=where, shape=shape):
                 return out.new_zeros(shape.pop()).masked_scatter(where.to(out.device).unsqueeze(-1), out[0])
 
-            mlp = self._mlps[layer]
             handles.append(mlp.register_forward_pre_hook(gather, with_kwargs=True))
             handles.append(mlp.register_forward_hook(scatter, with_kwargs=True))
         try:
@@ -470,8 +462,8 @@ class EditableModel:
                 chunk_prefix = (
                     None if prefix is None else prefix[rows.to(prefix.device), : chunk.input_ids.shape[1]]
                 )
-                mlps = self._mlp_positions(chunk.attention_mask.bool(), chunk.target_positions)
-                with self._mlps_at(mlps) if packed else nullcontext():
+                real = chunk.attention_mask.bool()
+                with self._mlps_at(real, chunk.target_positions) if packed else nullcontext():
                     hidden = self._hidden_states(chunk, updates, chunk_prefix)
                 part = self._read_targets(hidden, chunk)
                 part.rows = rows.to(part.rows.device)[part.rows]
@@ -728,10 +720,7 @@ class EditableModel:
         at_targets[suffix.targets] = True
         real = suffix.attention_mask[:, -suffix.input_ids.shape[1] :].bool()
         with torch.enable_grad():
-            with (
-                self._start_at(suffix.layer + 1, hidden),
-                self._mlps_at(self._mlp_positions(real, at_targets)),
-            ):
+            with self._start_at(suffix.layer + 1, hidden), self._mlps_at(real, at_targets):
                 out = self.model.base_model(
                     input_ids=suffix.input_ids,
                     attention_mask=suffix.attention_mask,
